@@ -1,0 +1,196 @@
+"""U-GAT-IT generator (full and light) and multi-scale discriminator, in the official layer order, NHWC.
+
+Attribute names below are ours; ``torch_import.py`` maps them to the official state-dict keys.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ugatit_jax import layers
+from ugatit_jax.attention import CAMAttention
+from ugatit_jax.norms import ILN, AdaILN, instance_norm
+from ugatit_jax.spectral_norm import SpectralNorm
+
+N_DOWNSAMPLING = 2  # fixed in the official generator: features are img_size / 4 wide
+
+
+class ResnetBlock(nnx.Module):
+    """Encoder residual block: (pad, conv3, IN, ReLU, pad, conv3, IN) + skip."""
+
+    def __init__(self, dim: int, *, dtype=None, rngs: nnx.Rngs):
+        self.conv1 = layers.conv(dim, dim, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.conv2 = layers.conv(dim, dim, 3, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        y = jax.nn.relu(instance_norm(self.conv1(layers.reflect_pad(x, 1))))
+        y = instance_norm(self.conv2(layers.reflect_pad(y, 1)))
+        return x + y
+
+
+class ResnetAdaILNBlock(nnx.Module):
+    """Decoder residual block whose normalisations take gamma, beta from the attention MLP."""
+
+    def __init__(self, dim: int, *, dtype=None, rngs: nnx.Rngs):
+        self.conv1 = layers.conv(dim, dim, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm1 = AdaILN(dim)
+        self.conv2 = layers.conv(dim, dim, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm2 = AdaILN(dim)
+
+    def __call__(self, x, gamma, beta):
+        y = jax.nn.relu(self.norm1(self.conv1(layers.reflect_pad(x, 1)), gamma, beta))
+        y = self.norm2(self.conv2(layers.reflect_pad(y, 1)), gamma, beta)
+        return x + y
+
+
+class UpBlock(nnx.Module):
+    """Nearest x2 upsampling, pad, conv3, ILN, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, dtype=None, rngs: nnx.Rngs):
+        self.conv = layers.conv(in_ch, out_ch, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm = ILN(out_ch)
+
+    def __call__(self, x):
+        x = layers.upsample_nearest2x(x)
+        return jax.nn.relu(self.norm(self.conv(layers.reflect_pad(x, 1))))
+
+
+class Generator(nnx.Module):
+    """ResnetGenerator of the official release.
+
+    ``light=False`` feeds the whole (H/4 * W/4 * 4ngf) attended feature map to the gamma/beta MLP (the paper's
+    model, 279M parameters at 256 px); ``light=True`` feeds its global average instead. Returns
+    ``(image (B, H, W, 3) in [-1, 1], cam_logit (B, 2), heatmap (B, H/4, W/4, 1))``.
+    """
+
+    def __init__(
+        self,
+        ngf: int = 64,
+        n_res: int = 4,
+        img_size: int = 256,
+        light: bool = False,
+        *,
+        in_ch: int = 3,
+        out_ch: int = 3,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        if img_size % 4:
+            raise ValueError(f"img_size must be divisible by 4, got {img_size}")
+        self.light = light
+        self.img_size = img_size
+        conv = functools.partial(layers.conv, dtype=dtype, rngs=rngs)
+        dim = ngf * 2**N_DOWNSAMPLING
+        self.stem = conv(in_ch, ngf, 7, use_bias=False)
+        self.down = nnx.List(
+            [conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, use_bias=False) for i in range(N_DOWNSAMPLING)]
+        )
+        self.res_blocks = nnx.List([ResnetBlock(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
+        self.cam = CAMAttention(dim, activation=jax.nn.relu, dtype=dtype, rngs=rngs)
+        feat = img_size // 2**N_DOWNSAMPLING
+        mlp_in = dim if light else feat * feat * dim
+        self.fc1 = layers.linear(mlp_in, dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.fc2 = layers.linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.gamma = layers.linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.beta = layers.linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.adailn_blocks = nnx.List([ResnetAdaILNBlock(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
+        self.up = nnx.List(
+            [UpBlock(dim // 2**i, dim // 2 ** (i + 1), dtype=dtype, rngs=rngs) for i in range(N_DOWNSAMPLING)]
+        )
+        self.to_rgb = conv(ngf, out_ch, 7, use_bias=False)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        x = jax.nn.relu(instance_norm(self.stem(layers.reflect_pad(x, 3))))
+        for down in self.down:
+            x = jax.nn.relu(instance_norm(down(layers.reflect_pad(x, 1))))
+        for block in self.res_blocks:
+            x = block(x)
+        x, cam_logit, heatmap = self.cam(x)  # x: (B, H/4, W/4, 4ngf)
+        if self.light:
+            h = jnp.mean(x, axis=(1, 2))  # (B, 4ngf)
+        else:
+            h = x.reshape(x.shape[0], -1)  # (B, H/4 * W/4 * 4ngf), (h, w, c) order
+        h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
+        gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ngf) each
+        for block in self.adailn_blocks:
+            x = block(x, gamma, beta)
+        for up in self.up:
+            x = up(x)
+        out = jnp.tanh(self.to_rgb(layers.reflect_pad(x, 3)))
+        return out.astype(jnp.float32), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
+
+
+def _leaky_relu(x):
+    return jax.nn.leaky_relu(x, 0.2)
+
+
+class Discriminator(nnx.Module):
+    """PatchGAN-style discriminator with CAM attention; every conv and classifier is spectral-normalised.
+
+    ``n_layers`` counts like the official code: 7 for the global and 5 for the local discriminator. There are
+    ``n_layers - 2`` stride-2 convs, one stride-1 conv, the CAM block and a stride-1 classifier conv, so at
+    256 px the global one outputs 6x6 (heat map 7x7) and the local one 30x30 (heat map 31x31). Returns
+    ``(out (B, h, w, 1), cam_logit (B, 2), heatmap (B, h + 1, w + 1, 1))``.
+    """
+
+    def __init__(self, ndf: int = 64, n_layers: int = 5, *, in_ch: int = 3, dtype=None, rngs: nnx.Rngs):
+        if n_layers < 3:
+            raise ValueError(f"n_layers must be at least 3, got {n_layers}")
+
+        def sn_conv(cin, cout, stride, use_bias=True):
+            return SpectralNorm(layers.conv(cin, cout, 4, stride, use_bias=use_bias, dtype=dtype, rngs=rngs), rngs=rngs)
+
+        chans = [in_ch] + [ndf * 2**i for i in range(n_layers - 1)]  # in, ndf, 2ndf, ..., ndf*2^(n-2)
+        strides = [2] * (n_layers - 2) + [1]
+        self.convs = nnx.List([sn_conv(chans[i], chans[i + 1], s) for i, s in enumerate(strides)])
+        dim = chans[-1]
+        self.cam = CAMAttention(dim, activation=_leaky_relu, spectral_norm=True, dtype=dtype, rngs=rngs)
+        self.classifier = sn_conv(dim, 1, 1, use_bias=False)
+        self.dtype = dtype
+
+    def __call__(self, x):
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        for conv in self.convs:
+            x = _leaky_relu(conv(layers.reflect_pad(x, 1)))
+        x, cam_logit, heatmap = self.cam(x)
+        out = self.classifier(layers.reflect_pad(x, 1))
+        return out.astype(jnp.float32), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
+
+
+class UGATIT(nnx.Module):
+    """The six networks of U-GAT-IT: two generators, global and local discriminators for both domains."""
+
+    NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
+
+    def __init__(
+        self,
+        ch: int = 64,
+        n_res: int = 4,
+        img_size: int = 256,
+        light: bool = False,
+        disc_global_layers: int = 7,
+        disc_local_layers: int = 5,
+        *,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        gen = functools.partial(Generator, ch, n_res, img_size, light, dtype=dtype, rngs=rngs)
+        self.genA2B, self.genB2A = gen(), gen()
+        self.disGA = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)
+        self.disGB = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)
+        self.disLA = Discriminator(ch, disc_local_layers, dtype=dtype, rngs=rngs)
+        self.disLB = Discriminator(ch, disc_local_layers, dtype=dtype, rngs=rngs)
+
+    def generators(self):
+        return self.genA2B, self.genB2A
+
+    def discriminators(self):
+        return self.disGA, self.disGB, self.disLA, self.disLB

@@ -1,0 +1,263 @@
+"""Import (and export) checkpoints of the official PyTorch release.
+
+The official file is ``torch.save({'genA2B': sd, 'genB2A': sd, 'disGA': sd, 'disGB': sd, 'disLA': sd,
+'disLB': sd})``. Each network's keys are mapped onto our module tree by a table built from the network itself
+(so every depth/width works), with the layout changes:
+
+* conv weight (O, I, kh, kw) <-> kernel (kh, kw, I, O); linear (out, in) <-> kernel (in, out);
+* spectral norm ``weight_orig``/``weight_u``/``weight_v`` <-> raw kernel / ``u`` / ``v`` (v permuted from torch's
+  (I, kh, kw) order to our (kh, kw, I) order);
+* ``rho``/``gamma``/``beta`` (1, C, 1, 1) <-> (C,);
+* the full generator's first MLP layer ``FC.0`` sees a channel-major (C, H, W) flatten in torch and a
+  (H, W, C) flatten here, so its input rows are permuted.
+
+torch is an optional dependency, imported only to read or write ``.pt`` files, always with
+``weights_only=True`` (no arbitrary unpickling).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ugatit_jax.networks import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
+from ugatit_jax.spectral_norm import SpectralNorm
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model built from the config."""
+
+
+# A mapping entry: torch key, our variable (reached by a getter), and the two layout conversions.
+Entry = tuple[str, Callable[[], nnx.Variable], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+
+def _identity(a):
+    return a
+
+
+def _conv_to_ours(w):
+    return jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def _conv_to_torch(k):
+    return jnp.transpose(k, (3, 2, 0, 1))
+
+
+def _linear_to_ours(w):
+    return jnp.transpose(w)
+
+
+def _chan_to_ours(w):
+    return jnp.reshape(w, (-1,))  # (1, C, 1, 1) -> (C,)
+
+
+def _chan_to_torch(c):
+    return jnp.reshape(c, (1, -1, 1, 1))
+
+
+def _v_converters(kernel_shape):
+    """torch orders spectral-norm v as (I, kh, kw); we use (kh, kw, I)."""
+    if len(kernel_shape) == 2:
+        return _identity, _identity
+    kh, kw, cin, _ = kernel_shape
+
+    def to_ours(v):
+        return jnp.reshape(jnp.transpose(jnp.reshape(v, (cin, kh, kw)), (1, 2, 0)), (-1,))
+
+    def to_torch(v):
+        return jnp.reshape(jnp.transpose(jnp.reshape(v, (kh, kw, cin)), (2, 0, 1)), (-1,))
+
+    return to_ours, to_torch
+
+
+def _var(getter_owner, name):
+    return lambda: getattr(getter_owner, name)
+
+
+def _plain(key: str, layer) -> Iterator[Entry]:
+    conv = isinstance(layer, nnx.Conv)
+    to_ours, to_torch = (_conv_to_ours, _conv_to_torch) if conv else (_linear_to_ours, _linear_to_ours)
+    yield key + ".weight", _var(layer, "kernel"), to_ours, to_torch
+    if layer.bias is not None:
+        yield key + ".bias", _var(layer, "bias"), _identity, _identity
+
+
+def _spectral(key: str, sn: SpectralNorm) -> Iterator[Entry]:
+    layer = sn.layer
+    conv = isinstance(layer, nnx.Conv)
+    to_ours, to_torch = (_conv_to_ours, _conv_to_torch) if conv else (_linear_to_ours, _linear_to_ours)
+    v_ours, v_torch = _v_converters(layer.kernel.shape)
+    if layer.bias is not None:
+        yield key + ".bias", _var(layer, "bias"), _identity, _identity
+    yield key + ".weight_orig", _var(layer, "kernel"), to_ours, to_torch
+    yield key + ".weight_u", _var(sn, "u"), _identity, _identity
+    yield key + ".weight_v", _var(sn, "v"), v_ours, v_torch
+
+
+def _channels(key: str, module, names=("rho",)) -> Iterator[Entry]:
+    for name in names:
+        yield f"{key}.{name}", _var(module, name), _chan_to_ours, _chan_to_torch
+
+
+def _full_fc0_converters(gen: Generator):
+    """FC.0 of the full generator: torch input index c*h*w + i*w + j, ours (i*w + j)*C + c."""
+    feat = gen.img_size // 2**N_DOWNSAMPLING
+    dim = gen.fc1.kernel.shape[1]
+    chans = gen.cam.conv1x1.kernel.shape[-1]
+
+    def to_ours(w):  # (dim, C*h*w) -> (h*w*C, dim)
+        return jnp.reshape(jnp.transpose(jnp.reshape(w, (dim, chans, feat, feat)), (2, 3, 1, 0)), (-1, dim))
+
+    def to_torch(k):  # (h*w*C, dim) -> (dim, C*h*w)
+        return jnp.reshape(jnp.transpose(jnp.reshape(k, (feat, feat, chans, dim)), (3, 2, 0, 1)), (dim, -1))
+
+    return to_ours, to_torch
+
+
+def generator_entries(gen: Generator) -> Iterator[Entry]:
+    """Official ResnetGenerator keys: DownBlock is an nn.Sequential whose indices skip pads/norms/ReLUs."""
+    yield from _plain("DownBlock.1", gen.stem)
+    for i, conv in enumerate(gen.down):
+        yield from _plain(f"DownBlock.{5 + 4 * i}", conv)
+    first_res = 4 + 4 * len(gen.down)
+    for i, block in enumerate(gen.res_blocks):
+        yield from _plain(f"DownBlock.{first_res + i}.conv_block.1", block.conv1)
+        yield from _plain(f"DownBlock.{first_res + i}.conv_block.5", block.conv2)
+    yield from _plain("gap_fc", gen.cam.gap_fc)
+    yield from _plain("gmp_fc", gen.cam.gmp_fc)
+    yield from _plain("conv1x1", gen.cam.conv1x1)
+    if gen.light:
+        yield from _plain("FC.0", gen.fc1)
+    else:
+        to_ours, to_torch = _full_fc0_converters(gen)
+        yield "FC.0.weight", _var(gen.fc1, "kernel"), to_ours, to_torch
+    yield from _plain("FC.2", gen.fc2)
+    yield from _plain("gamma", gen.gamma)
+    yield from _plain("beta", gen.beta)
+    for i, block in enumerate(gen.adailn_blocks):
+        yield from _plain(f"UpBlock1_{i + 1}.conv1", block.conv1)
+        yield from _channels(f"UpBlock1_{i + 1}.norm1", block.norm1)
+        yield from _plain(f"UpBlock1_{i + 1}.conv2", block.conv2)
+        yield from _channels(f"UpBlock1_{i + 1}.norm2", block.norm2)
+    for i, up in enumerate(gen.up):
+        yield from _plain(f"UpBlock2.{2 + 5 * i}", up.conv)
+        yield from _channels(f"UpBlock2.{3 + 5 * i}", up.norm, ("rho", "gamma", "beta"))
+    yield from _plain(f"UpBlock2.{1 + 5 * len(gen.up)}", gen.to_rgb)
+
+
+def discriminator_entries(dis: Discriminator) -> Iterator[Entry]:
+    for i, conv in enumerate(dis.convs):
+        yield from _spectral(f"model.{1 + 3 * i}", conv)
+    yield from _spectral("gap_fc", dis.cam.gap_fc)
+    yield from _spectral("gmp_fc", dis.cam.gmp_fc)
+    yield from _plain("conv1x1", dis.cam.conv1x1)
+    yield from _spectral("conv", dis.classifier)
+
+
+def network_entries(net) -> list[Entry]:
+    if isinstance(net, Generator):
+        return list(generator_entries(net))
+    if isinstance(net, Discriminator):
+        return list(discriminator_entries(net))
+    raise TypeError(f"no official key mapping for {type(net).__name__}")
+
+
+def load_state_dict(net, state_dict: dict, *, prefix: str = "") -> None:
+    """Copy an official state dict (numpy or torch tensors) into ``net`` in place; strict about keys and shapes."""
+    entries = network_entries(net)
+    expected = {key for key, *_ in entries}
+    missing = sorted(expected - set(state_dict))
+    if missing:
+        raise CheckpointMismatchError(f"missing key {prefix}{missing[0]} ({len(missing)} missing in all)")
+    unexpected = sorted(set(state_dict) - expected)
+    if unexpected:
+        raise CheckpointMismatchError(
+            f"unexpected key {prefix}{unexpected[0]} ({len(unexpected)} unexpected in all): the checkpoint was made "
+            "with a different architecture (ch, n_res, light, img_size or discriminator depth)"
+        )
+    for key, get_var, to_ours, to_torch in entries:
+        var = get_var()
+        value = np.asarray(_to_numpy(state_dict[key]), dtype=np.float32)
+        expected_torch_shape = _torch_shape(var, to_torch)
+        if value.shape != expected_torch_shape:
+            raise CheckpointMismatchError(
+                f"shape mismatch for {prefix}{key}: the model expects {expected_torch_shape}, the checkpoint has "
+                f"{value.shape}; check ch, n_res, light, img_size and the discriminator depths of the config"
+            )
+        var[...] = to_ours(jnp.asarray(value)).astype(var[...].dtype)
+
+
+def _torch_shape(var: nnx.Variable, to_torch) -> tuple[int, ...]:
+    """The torch-layout shape of ``var``, derived without materialising it (FC.0 can hold 268M floats)."""
+    return tuple(jax.eval_shape(to_torch, jax.ShapeDtypeStruct(var[...].shape, jnp.float32)).shape)
+
+
+def state_dict(net) -> dict[str, np.ndarray]:
+    """The official state dict of ``net`` as float32 numpy arrays, torch layouts."""
+    return {
+        key: np.ascontiguousarray(np.asarray(to_torch(jnp.asarray(get_var()[...], jnp.float32))))
+        for key, get_var, _, to_torch in network_entries(net)
+    }
+
+
+def _to_numpy(x):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):  # torch.Tensor
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x)
+
+
+def _import_torch():
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ImportError("reading official .pt checkpoints needs PyTorch: pip install 'ugatit-jax[torch]'") from e
+    return torch
+
+
+def read_official_checkpoint(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
+    """Read an official checkpoint into {network: {key: float32 numpy}} without unpickling code."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"official checkpoint not found: {path}")
+    torch = _import_torch()
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointMismatchError(f"{path}: not a readable PyTorch checkpoint of tensors ({e})") from e
+    if not isinstance(raw, dict):
+        raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found {type(raw).__name__}")
+    out = {}
+    for name, sd in raw.items():
+        if isinstance(sd, dict):
+            out[name] = {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+    return out
+
+
+def load_official_checkpoint(model: UGATIT, path_or_dicts, networks=UGATIT.NAMES) -> None:
+    """Load the six networks (or the subset ``networks``) of an official checkpoint into ``model`` in place."""
+    dicts = path_or_dicts
+    if not isinstance(dicts, dict):
+        dicts = read_official_checkpoint(path_or_dicts)
+    for name in networks:
+        if name not in dicts:
+            raise CheckpointMismatchError(f"missing network {name!r} in the checkpoint (found: {sorted(dicts)})")
+        load_state_dict(getattr(model, name), dicts[name], prefix=f"{name}.")
+
+
+def official_state_dicts(model: UGATIT) -> dict[str, dict[str, np.ndarray]]:
+    return {name: state_dict(getattr(model, name)) for name in UGATIT.NAMES}
+
+
+def save_official_checkpoint(model: UGATIT, path: str | os.PathLike) -> None:
+    """Write ``model`` in the official format, loadable by the PyTorch release's ``UGATIT.load``."""
+    torch = _import_torch()
+    dicts = {name: {k: torch.from_numpy(v) for k, v in sd.items()} for name, sd in official_state_dicts(model).items()}
+    torch.save(dicts, os.fspath(path))
