@@ -77,6 +77,7 @@ class Generator(nnx.Module):
         in_ch: int = 3,
         out_ch: int = 3,
         dtype=None,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         if img_size % 4:
@@ -103,6 +104,7 @@ class Generator(nnx.Module):
         )
         self.to_rgb = conv(ngf, out_ch, 7, use_bias=False)
         self.dtype = dtype
+        self.remat = remat
 
     def __call__(self, x):
         if self.dtype is not None:
@@ -110,8 +112,10 @@ class Generator(nnx.Module):
         x = jax.nn.relu(instance_norm(self.stem(layers.reflect_pad(x, 3))))
         for down in self.down:
             x = jax.nn.relu(instance_norm(down(layers.reflect_pad(x, 1))))
+        # remat: recompute each residual block in the backward pass instead of storing its activations.
+        call = nnx.remat(_call_block) if self.remat else _call_block
         for block in self.res_blocks:
-            x = block(x)
+            x = call(block, x)
         x, cam_logit, heatmap = self.cam(x)  # x: (B, H/4, W/4, 4ngf)
         if self.light:
             h = jnp.mean(x, axis=(1, 2))  # (B, 4ngf)
@@ -120,11 +124,15 @@ class Generator(nnx.Module):
         h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
         gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ngf) each
         for block in self.adailn_blocks:
-            x = block(x, gamma, beta)
+            x = call(block, x, gamma, beta)
         for up in self.up:
             x = up(x)
         out = jnp.tanh(self.to_rgb(layers.reflect_pad(x, 3)))
         return out.astype(jnp.float32), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
+
+
+def _call_block(block, *args):
+    return block(*args)
 
 
 def _leaky_relu(x):
@@ -180,9 +188,10 @@ class UGATIT(nnx.Module):
         disc_local_layers: int = 5,
         *,
         dtype=None,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        gen = functools.partial(Generator, ch, n_res, img_size, light, dtype=dtype, rngs=rngs)
+        gen = functools.partial(Generator, ch, n_res, img_size, light, dtype=dtype, remat=remat, rngs=rngs)
         self.genA2B, self.genB2A = gen(), gen()
         self.disGA = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)
         self.disGB = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)

@@ -11,21 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from ugatit_jax import losses
+from ugatit_jax.data.transforms import as_model_input
 from ugatit_jax.norms import clip_rho
 from ugatit_jax.spectral_norm import PowerIterationState
 from ugatit_jax.train_state import D_NAMES, G_NAMES, TrainState
-
-
-def to_model_range(x: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [-1, 1]; float input is assumed to be in range already."""
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 127.5 - 1.0
-    return x.astype(jnp.float32)
 
 
 def make_train_step(
@@ -105,7 +98,7 @@ def make_train_step(
         return loss, (terms, sn_state(dis))
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        real_a, real_b = to_model_range(batch["A"]), to_model_range(batch["B"])
+        real_a, real_b = as_model_input(batch["A"]), as_model_input(batch["B"])
         g_params, d_params = state.g_params(), state.d_params()
         d_sn = {n: state.sn[n] for n in D_NAMES}
 

@@ -49,3 +49,10 @@ def to_model_range(x):
 def to_uint8(x):
     """Inverse of ``to_model_range``: clip to the displayable range and round to uint8."""
     return ((x + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+def as_model_input(x):
+    """Model input from a batch: uint8 pixels are scaled to [-1, 1]; float batches are taken as already scaled."""
+    if x.dtype == np.uint8:
+        return to_model_range(x)
+    return x.astype(np.float32)

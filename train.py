@@ -1,0 +1,55 @@
+"""Train U-GAT-IT: ``python train.py --config configs/emoji.py --workdir runs/emoji [--config.key=value ...]``.
+
+Re-running the same command resumes from the latest checkpoint in ``--workdir``. Everything else lives in
+``ugatit_jax.trainer.train_and_evaluate``.
+"""
+
+import logging
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs and samples.")
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit code 2: bad input is the user's to fix, a traceback would only hide that."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e).splitlines()[0])
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have
+        key = str(e).strip("\"'")
+        fail(f"unknown config key {key!r} in a --config.* override; the keys are listed in ugatit_jax/config.py")
+    if FLAGS.config is None:
+        fail("--config is required, e.g. --config configs/emoji.py")
+    if not FLAGS.workdir:
+        fail("--workdir is required, e.g. --workdir runs/emoji")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from ugatit_jax.checkpoints import CheckpointError
+    from ugatit_jax.config import ConfigError
+    from ugatit_jax.data import DatasetError
+    from ugatit_jax.torch_import import CheckpointMismatchError
+    from ugatit_jax.trainer import train_and_evaluate
+
+    try:
+        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, FileNotFoundError) as e:
+        fail(str(e))
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float) and not k.startswith("g_"))
+    logging.info("done at step %d: %s", result.get("step", 0), summary)
+
+
+if __name__ == "__main__":  # the guard matters: grain worker processes re-import this file
+    main(sys.argv)

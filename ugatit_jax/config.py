@@ -1,0 +1,125 @@
+"""The configuration schema: every key a run understands, with the paper's values, and its validation.
+
+Config files under ``configs/`` start from ``base_config()`` and change a few keys; ``validate`` rejects bad values
+with a message naming the option, so a typo fails before any compilation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+DATASETS = ("emoji", "folder", "tfds", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the option."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's setting: full U-GAT-IT at 256 px, batch 1, 1M iterations, on a folder dataset."""
+    c = ml_collections.ConfigDict()
+
+    # Model (the official flags --ch, --n_res, --img_size, --light; discriminator depths are fixed there).
+    c.light = False
+    c.ch = 64
+    c.n_res = 4
+    c.img_size = 256
+    c.disc_global_layers = 7
+    c.disc_local_layers = 5
+    c.compute_dtype = "float32"  # or "bfloat16": params, optimiser state and normalisation stay float32
+    c.remat = False  # recompute residual blocks in the backward pass to save memory
+
+    # Data.
+    c.dataset = "folder"  # "emoji" (embedded), "folder" (root/{trainA,...,testB}), "tfds", "synthetic"
+    c.dataset_dir = ""  # folder root; emoji cache dir ("" = ~/.cache/ugatit_jax/emoji); TFDS data_dir
+    c.tfds_name = ""  # e.g. "cycle_gan/horse2zebra" when dataset == "tfds"
+    c.emoji_limit = 0  # build only the first N emoji (0 = all); for quick experiments
+    c.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
+    c.prefetch = 2  # batches kept in flight on the devices
+
+    # Optimisation (official defaults).
+    c.iterations = 1_000_000
+    c.batch_size = 1  # global batch, split over all devices
+    c.lr = 1e-4
+    c.decay_flag = True  # constant lr for the first half, then linear to 0
+    c.weight_decay = 1e-4  # coupled L2, as torch Adam(weight_decay=...)
+    c.adam_b1 = 0.5
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.gan_type = "lsgan"  # or "hinge"
+    c.adv_weight = 1.0
+    c.cycle_weight = 10.0
+    c.identity_weight = 10.0
+    c.cam_weight = 1000.0
+    c.seed = 0
+    c.init_checkpoint = ""  # an official PyTorch .pt to fine-tune from
+
+    # Logging and checkpoints.
+    c.log_every = 100
+    c.sample_every = 1000
+    c.num_samples = 5  # images per strip, from train and from test
+    c.eval_every = 10_000  # paired L1/PSNR on held-out pairs (datasets that have them); 0 = never
+    c.checkpoint_every = 10_000
+    c.keep_checkpoints = 3
+    c.xla_cache_dir = "~/.cache/ugatit_jax/xla"  # persistent compilation cache ("" = off)
+    return c
+
+
+def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raise ConfigError naming the first bad option."""
+
+    def need(ok, key, why):
+        if not ok:
+            raise ConfigError(f"config.{key}={c[key]!r}: {why}")
+
+    need(c.img_size > 0 and c.img_size % 4 == 0, "img_size", "must be a positive multiple of 4")
+    need(c.ch > 0, "ch", "must be positive")
+    need(c.n_res >= 0, "n_res", "must be >= 0")
+    for key in ("disc_global_layers", "disc_local_layers"):
+        need(c[key] >= 3, key, "must be at least 3")
+        # n - 2 stride-2 convs, then two 4x4 stride-1 convs (each shrinks by 1) must leave >= 1 pixel.
+        need(
+            c.img_size // 2 ** (c[key] - 2) >= 3,
+            key,
+            f"too deep for img_size {c.img_size}: the output would be empty; use fewer layers or larger images",
+        )
+    need(c.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}")
+    need(c.dataset in DATASETS, "dataset", f"must be one of {DATASETS}")
+    need(
+        c.dataset != "folder" or bool(c.dataset_dir),
+        "dataset_dir",
+        "a folder dataset needs --config.dataset_dir=ROOT with trainA/ trainB/ testA/ testB/",
+    )
+    need(c.dataset != "tfds" or bool(c.tfds_name), "tfds_name", "a TFDS dataset needs e.g. cycle_gan/horse2zebra")
+    need(c.iterations > 0, "iterations", "must be positive")
+    need(c.batch_size > 0, "batch_size", "must be positive")
+    if device_count is not None:
+        need(
+            c.batch_size % device_count == 0,
+            "batch_size",
+            f"must be divisible by the number of devices ({device_count})",
+        )
+    need(c.lr > 0, "lr", "must be positive")
+    need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(0 <= c.adam_b1 < 1, "adam_b1", "must lie in [0, 1)")
+    need(0 <= c.adam_b2 < 1, "adam_b2", "must lie in [0, 1)")
+    need(c.adam_eps > 0, "adam_eps", "must be positive")
+    need(c.gan_type in ("lsgan", "hinge"), "gan_type", "must be 'lsgan' or 'hinge'")
+    for key in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
+        need(c[key] >= 0, key, "must be >= 0")
+    for key in ("log_every", "sample_every", "checkpoint_every"):
+        need(c[key] > 0, key, "must be positive")
+    need(c.eval_every >= 0, "eval_every", "must be >= 0 (0 = never)")
+    need(c.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
+    need(c.num_samples > 0, "num_samples", "must be positive")
+    need(c.num_workers >= 0, "num_workers", "must be >= 0")
+    need(c.prefetch >= 1, "prefetch", "must be >= 1")
+    need(c.emoji_limit >= 0, "emoji_limit", "must be >= 0")
+    need(
+        not c.init_checkpoint or os.path.isfile(os.path.expanduser(c.init_checkpoint)),
+        "init_checkpoint",
+        "file not found",
+    )
