@@ -28,7 +28,7 @@ from ugatit_jax.checkpoints import Checkpointer, abstract_like
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.inference import make_cycle_fn, padded_batches
 from ugatit_jax.networks import UGATIT
-from ugatit_jax.train_state import G_NAMES, TrainState, create_train_state
+from ugatit_jax.train_state import G_NAMES, TrainState, create_train_state, update_model
 from ugatit_jax.train_step import make_train_step
 from ugatit_jax.visualize import save_png, strip
 
@@ -312,3 +312,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last["step"] = step
     last["skipped_images"] = len(skipped)
     return last
+
+
+def load_trained_model(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, UGATIT, int]:
+    """(config, model with the checkpoint's weights, step) from a training run's workdir, on the default device.
+
+    The config comes from the checkpoint itself, so a model is always rebuilt with the shapes it was trained with.
+    """
+    ckpt = Checkpointer(workdir, keep=1_000_000, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
+    if step not in ckpt.all_steps():
+        raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
+    config = ml_collections.ConfigDict(ckpt.read_config(step))
+    g_tx, d_tx = make_optimizers(config)
+    _, abstract_state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
+    device = jax.devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    state, _, _ = ckpt.restore(abstract_like(abstract_state, sharding), step)
+    ckpt.close()
+    model = update_model(build_model(config), state)
+    model.eval()
+    return config, model, int(step)
