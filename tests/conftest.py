@@ -12,8 +12,15 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
+
+# Many tests compile the same small train step (same config, same mesh): a persistent XLA cache turns every
+# compile after the first into a cache hit, across pytest-xdist workers and train.py subprocesses too.
+XLA_CACHE = os.environ.get("UGATIT_TEST_XLA_CACHE") or os.path.expanduser("~/.cache/ugatit_jax/xla-tests")
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def golden_dirs() -> list[pathlib.Path]:

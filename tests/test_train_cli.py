@@ -1,0 +1,146 @@
+"""train.py end to end: bad input fails cleanly; kill -9 / SIGTERM and resume reproduce an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from tiny import tiny_config, tiny_flags
+
+from ugatit_jax import parallel, train_state, trainer
+from ugatit_jax.checkpoints import Checkpointer, abstract_like
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices=1):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _train(workdir, *flags, devices=1, **kw):
+    cmd = [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir), *flags]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
+
+
+def _fails_cleanly(workdir, *flags, devices=1, expect=""):
+    proc = _train(workdir, *flags, devices=devices)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("train.py: error:") and expect in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags,devices,expect",
+    [
+        (["--config.no_such_key=1"], 1, "no_such_key"),
+        (["--config.img_size=30"], 1, "config.img_size"),
+        (["--config.batch_size=3"], 2, "config.batch_size"),
+        (["--config.gan_type=wgan"], 1, "config.gan_type"),
+        (["--config.dataset=folder", "--config.dataset_dir=/nonexistent/data"], 1, "/nonexistent/data"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path, flags, devices, expect):
+    _fails_cleanly(tmp_path / "run", *tiny_flags(), *flags, devices=devices, expect=expect)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    _fails_cleanly(blocked / "run", *tiny_flags(), expect="--workdir")
+
+
+def _final_state(workdir):
+    config = tiny_config()
+    model = trainer.build_model(config)
+    g_tx, d_tx = trainer.make_optimizers(config)
+    _, state = train_state.create_train_state(model, g_tx, d_tx)
+    ckpt = Checkpointer(str(workdir), async_save=False)
+    step = ckpt.latest_step()
+    restored, data_state, _ = ckpt.restore(abstract_like(state, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    ckpt.close()
+    return step, jax.device_get(restored), data_state
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+    folder = workdir / "checkpoints"
+    start = time.time()
+    while time.time() - start < timeout:
+        steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+        if steps:
+            return max(steps)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+ITERATIONS = 60
+RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=10, log_every=5)
+
+
+def test_interrupted_runs_resume_exactly(tmp_path):
+    """SIGTERM (clean save, exit 0), then kill -9, then a plain re-run: same parameters as one uninterrupted run."""
+    flags = tiny_flags(**RUN_FLAGS)
+    ref = _train(tmp_path / "ref", *flags)
+    broken = tmp_path / "broken"
+
+    first = _train(broken, *flags)
+    _wait_for_checkpoint(broken, first)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    stopped_at, _, _ = _final_state(broken)
+    assert 10 <= stopped_at < ITERATIONS, "the run should have stopped early on SIGTERM"
+
+    second = _train(broken, *flags)
+    seen = stopped_at
+    while seen <= stopped_at:  # wait for a checkpoint newer than the SIGTERM one, then kill -9
+        time.sleep(0.05)
+        seen = max([int(p.name) for p in (broken / "checkpoints").glob("*") if p.name.isdigit()])
+        assert second.poll() is None, second.communicate()
+    second.send_signal(signal.SIGKILL)
+    second.communicate(timeout=60)
+    assert second.returncode == -signal.SIGKILL
+
+    third = _train(broken, *flags)
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err
+    assert "resumed from" in err
+    out, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err
+
+    step_ref, state_ref, data_ref = _final_state(tmp_path / "ref")
+    step_b, state_b, data_b = _final_state(broken)
+    assert step_ref == step_b == ITERATIONS
+    assert data_ref == data_b
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_b), jax.tree.leaves(state_ref)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_restore_onto_another_device_count(tmp_path):
+    """A run saved with 8 devices (in this process) resumes on 1 device (a fresh train.py)."""
+    workdir = tmp_path / "run"
+    config = tiny_config(batch_size=8, iterations=2, checkpoint_every=2)
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["step"] == 2 and jax.device_count() == 8
+    proc = _train(workdir, *tiny_flags(batch_size=8, iterations=4, checkpoint_every=2), devices=1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "resumed from" in err and "at step 2" in err
+    step, state, _ = _final_state(workdir)
+    assert step == 4 and int(state.step) == 4
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+    assert parallel.DATA_AXIS == "data"
