@@ -37,3 +37,33 @@ def tiny_flags(**overrides):
     ).split()
     keys += [k for k in overrides if k not in keys]
     return [f"--config.{k}={c[k]}" for k in keys]
+
+
+def random_model(config, seed: int = 0):
+    """A model of ``config`` with numpy-drawn weights: an eager random init compiles one XLA program per weight
+    shape, which costs more than most tests that need a model."""
+    import numpy as np
+    from flax import nnx
+
+    from ugatit_jax.trainer import build_model
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
+    rng = np.random.default_rng(seed)
+    draw = lambda s: jax.device_put((0.3 * rng.standard_normal(s.shape)).astype(s.dtype))
+    return nnx.merge(graphdef, jax.tree.map(draw, abstract))
+
+
+def save_tiny_run(workdir: str, step: int = 2):
+    """A run folder holding a random tiny model saved as the trainer saves at ``step``; returns (config, model)."""
+    from ugatit_jax.checkpoints import Checkpointer
+    from ugatit_jax.train_state import create_train_state
+    from ugatit_jax.trainer import make_optimizers
+
+    config = tiny_config(iterations=step, xla_cache_dir="")
+    model = random_model(config)
+    g_tx, d_tx = make_optimizers(config)
+    _, state = create_train_state(model, g_tx, d_tx)
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(step, state, {}, config, force=True)
+    ckpt.close()
+    return config, model

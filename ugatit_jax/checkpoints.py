@@ -27,10 +27,16 @@ def checkpoint_dir(workdir: str) -> str:
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` with the three items of a run."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoints in {self.directory}: is --workdir the folder of a training run?")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+            max_to_keep=None if read_only else keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=async_save and not read_only,
+            cleanup_tmp_directories=not read_only,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
 

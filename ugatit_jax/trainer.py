@@ -319,19 +319,24 @@ def load_trained_model(workdir: str, step: int | None = None) -> tuple[ml_collec
 
     The config comes from the checkpoint itself, so a model is always rebuilt with the shapes it was trained with.
     """
-    ckpt = Checkpointer(workdir, keep=1_000_000, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
-    if step not in ckpt.all_steps():
-        raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
-    config = ml_collections.ConfigDict(ckpt.read_config(step))
-    g_tx, d_tx = make_optimizers(config)
-    _, abstract_state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
-    device = jax.devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    state, _, _ = ckpt.restore(abstract_like(abstract_state, sharding), step)
-    ckpt.close()
-    model = update_model(build_model(config), state)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
+        if step not in ckpt.all_steps():
+            raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
+        config = ml_collections.ConfigDict(ckpt.read_config(step))
+        g_tx, d_tx = make_optimizers(config)
+        _, abstract_state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
+        device = jax.devices()[0]
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        state, _, _ = ckpt.restore(abstract_like(abstract_state, sharding), step)
+    finally:
+        ckpt.close()
+    # The checkpoint overwrites every array: skip random initialisation (dozens of small eager compiles).
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
+    zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), device), abstract)
+    model = update_model(nnx.merge(graphdef, zeros), state)
     model.eval()
     return config, model, int(step)

@@ -1,0 +1,577 @@
+"""Translate images with a trained U-GAT-IT, or write the official test-mode strips of a run's test split.
+
+Translate files and folders (recursive) in one direction; outputs keep the input names (``<stem>.png``) and
+sub-folders, with ``--heatmap`` adding ``<stem>_heatmap.png`` (the attention map over the input)::
+
+    python -m ugatit_jax.translate --workdir runs/emoji --direction A2B --input photos/ a.jpg --output out/
+    python -m ugatit_jax.translate --checkpoint selfie2anime_params_latest.pt --direction A2B \\
+        --input photos/ --output out/    # official .pt; add --img-size/--ch/--n-res/--light if not the paper's
+
+Test mode, as the official ``--phase test``: for every testA (A2B) and testB (B2A) image a 7-tile strip and an
+``index.html`` that shows them (default folder ``RUN/test``)::
+
+    python -m ugatit_jax.translate --workdir runs/emoji --test-split [--output DIR] [--dataset-dir DIR]
+
+Bad input ends with exit code 2 and one ``error:`` line on stderr. jax, flax and torch are imported inside the
+functions that need them, so ``--help`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import itertools
+import os
+import sys
+import time
+import types
+import warnings
+
+import numpy as np
+
+PROG = "python -m ugatit_jax.translate"
+DIRECTIONS = {"A2B": ("genA2B", "genB2A"), "B2A": ("genB2A", "genA2B")}
+# The official release's model shape, used for --checkpoint when the flags are not given.
+PAPER_SHAPE = {"img_size": 256, "ch": 64, "n_res": 4, "light": False}
+
+
+def default_batch_size() -> int:
+    """8 on an accelerator; 1 on CPU, where batch 1 measured fastest (64 px: ~95 vs ~72 images/s at batch 8;
+    256 px: 0.34 vs 0.21) and needs a quarter of the memory: the activations of larger batches leave the caches."""
+    import jax
+
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message names the option and how to fix it."""
+
+
+def fail_line(prog: str, message: str) -> None:
+    """One line on stderr: whitespace (including the newlines of nested messages) collapsed."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def warn_line(message: str) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same single ``error:`` line and exit code 2 as every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
+    from ugatit_jax.checkpoints import CheckpointError
+    from ugatit_jax.config import ConfigError
+    from ugatit_jax.data import DatasetError
+    from ugatit_jax.torch_import import CheckpointMismatchError
+
+    return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)
+
+
+# ----------------------------------------------------------------------------
+# Loading the generators
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Generators:
+    """Both generators as (graph definition, parameters): what the jitted inference functions take."""
+
+    graphdef: object  # nnx.GraphDef; both generators share one architecture
+    params: dict  # "genA2B" / "genB2A" -> pure parameter state
+    img_size: int
+    config: object | None  # the run's config (None for an official checkpoint)
+    step: int | None
+    name: str  # for titles and the evaluation record
+
+
+def split_generator(gen):
+    """(graphdef, params on the default device) split as the trainer splits it, so ``inference.make_*_fn`` merge it."""
+    import jax
+    from flax import nnx
+
+    from ugatit_jax.spectral_norm import PowerIterationState
+
+    graphdef, params, _ = nnx.split(gen, nnx.Param, PowerIterationState)
+    return graphdef, jax.device_put(nnx.as_pure(params))
+
+
+def from_networks(nets, img_size: int, config=None, step=None, name: str = "model") -> Generators:
+    """``Generators`` from anything with ``genA2B`` / ``genB2A`` attributes (a UGATIT, or just the two)."""
+    graphdef, params_a2b = split_generator(nets.genA2B)
+    _, params_b2a = split_generator(nets.genB2A)
+    return Generators(graphdef, {"genA2B": params_a2b, "genB2A": params_b2a}, img_size, config, step, name)
+
+
+def run_dir_or_fail(workdir: str) -> str:
+    """The run folder; checked here because Orbax would silently create a mistyped one."""
+    from ugatit_jax.checkpoints import checkpoint_dir
+
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(checkpoint_dir(path)):
+        what = "does not exist" if not os.path.exists(path) else "holds no checkpoints/ folder"
+        raise UsageError(f"--workdir={workdir}: {what}; pass the --workdir of a train.py run")
+    return path
+
+
+def load_run(workdir: str, step: int | None = None) -> Generators:
+    """The generators of a training run (latest checkpoint, or ``step``)."""
+    from ugatit_jax.trainer import load_trained_model
+
+    path = run_dir_or_fail(workdir)
+    config, model, step = load_trained_model(path, step)
+    return from_networks(model, config.img_size, config, step, f"{os.path.basename(path)} step {step}")
+
+
+def load_official(path: str, *, img_size: int, ch: int, n_res: int, light: bool) -> Generators:
+    """The two generators of an official PyTorch checkpoint; the discriminators are not needed and not built."""
+    import jax
+    from flax import nnx
+
+    from ugatit_jax.networks import Generator
+    from ugatit_jax.torch_import import CheckpointMismatchError, load_official_checkpoint
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--checkpoint={path}: file not found; pass an official U-GAT-IT .pt file")
+    if img_size <= 0 or img_size % 4 or ch <= 0 or n_res < 0:
+        raise UsageError(
+            f"--img-size {img_size} --ch {ch} --n-res {n_res}: img_size must be a positive multiple of 4, "
+            "ch positive and n_res >= 0"
+        )
+    # Zero-filled host arrays, not a random init: that would compile one XLA program per weight shape (seconds on a
+    # CPU) and fill 1 GB per full-model generator, for weights the checkpoint overwrites anyway (the importer
+    # checks that every one of them is present).
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Generator(ch, n_res, img_size, light, rngs=nnx.Rngs(0))))
+    empty = lambda: nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
+    nets = types.SimpleNamespace(genA2B=empty(), genB2A=empty())
+    shape = f"img_size {img_size}, ch {ch}, n_res {n_res}, {'light' if light else 'full'}"
+    try:
+        load_official_checkpoint(nets, path, networks=("genA2B", "genB2A"))
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(
+            f"--checkpoint={path}: {error}; the model was built as {shape}: pass the --img-size, --ch, --n-res "
+            "and --light the checkpoint was trained with"
+        ) from error
+    return from_networks(nets, img_size, None, None, f"{os.path.basename(path)} ({shape})")
+
+
+# ----------------------------------------------------------------------------
+# Translating files and folders
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One input file and where its outputs go: ``<output>/<stem>.png`` (+ ``<stem>_heatmap.png``)."""
+
+    path: str
+    stem: str  # relative POSIX path under --output, without ".png"
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def collect_inputs(inputs: list[str], output: str) -> list[tuple[str, str]]:
+    """(path, name relative to its --input) for every image file; folders are searched recursively.
+
+    A folder's images keep their sub-folders. Files under ``output`` are left out when ``output`` lies inside an
+    input folder, so a second run does not translate the first run's results.
+    """
+    from ugatit_jax.data.folders import list_images
+
+    out_real = os.path.realpath(output)
+    found, seen = [], set()
+    for given in inputs:
+        path = os.path.expanduser(given)
+        if os.path.isdir(path):
+            folder = os.path.realpath(path)
+            skip_output = out_real != folder and _is_within(out_real, folder)
+            names = list_images(path)
+            pairs = [(os.path.join(path, *rel.split("/")), rel) for rel in names]
+        elif os.path.isfile(path):
+            skip_output = False
+            pairs = [(path, os.path.basename(path))]
+        else:
+            raise UsageError(f"--input {given}: no such file or folder")
+        for file, rel in pairs:
+            real = os.path.realpath(file)
+            if real in seen or (skip_output and _is_within(real, out_real)):
+                continue
+            seen.add(real)
+            found.append((file, rel))
+    return found
+
+
+def output_names(stem: str, heatmap: bool) -> list[str]:
+    return [stem + ".png"] + ([stem + "_heatmap.png"] if heatmap else [])
+
+
+def plan_jobs(found: list[tuple[str, str]], output: str, heatmap: bool) -> tuple[list[Job], int]:
+    """Output names for every input, and how many had to change to stay unique.
+
+    ``x.jpg`` becomes ``x.png``; when two inputs would share a name (``x.jpg`` and ``x.png``, or the same file
+    name from two --input folders) the later one keeps its extension (``x.png.png``), then gets ``_2``, ``_3``.
+    Names compare case-insensitively, so nothing is lost on macOS or Windows file systems either. Writing over an
+    input file is refused outright.
+    """
+    inputs = {os.path.realpath(path) for path, _ in found}
+    used: set[str] = set()
+    jobs, renamed = [], 0
+    for path, rel in found:
+        stem = os.path.splitext(rel)[0]
+        candidates = itertools.chain([stem, rel], (f"{stem}_{i}" for i in itertools.count(2)))
+        for candidate in candidates:
+            names = [n.casefold() for n in output_names(candidate, heatmap)]
+            if not used.intersection(names):
+                break
+        used.update(names)
+        renamed += candidate != stem
+        for name in output_names(candidate, heatmap):
+            target = os.path.realpath(os.path.join(output, *name.split("/")))
+            if target in inputs:
+                raise UsageError(
+                    f"--output {output}: writing {name} would overwrite the input file {target}; "
+                    "choose an --output folder that holds no inputs"
+                )
+        jobs.append(Job(path, candidate))
+    return jobs, renamed
+
+
+def _read(path: str, img_size: int):
+    """The official test transform of one file, or the exception that made it unreadable."""
+    from ugatit_jax.data.images import read_rgb
+    from ugatit_jax.data.transforms import test_transform
+
+    try:
+        return test_transform(read_rgb(path), img_size)
+    except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
+        return error
+
+
+def _read_ahead(pool, jobs, img_size: int, ahead: int):
+    """Decode in worker threads (PIL releases the GIL) while the model runs; at most ``ahead`` in flight."""
+    queue = collections.deque()
+    it = iter(jobs)
+    for job in itertools.islice(it, ahead):
+        queue.append((job, pool.submit(_read, job.path, img_size)))
+    while queue:
+        job, future = queue.popleft()
+        for nxt in itertools.islice(it, 1):
+            queue.append((nxt, pool.submit(_read, nxt.path, img_size)))
+        yield job, future.result()
+
+
+@dataclasses.dataclass
+class TranslateResult:
+    translated: int
+    skipped: list[str]
+    renamed: int
+    compile_s: float
+    run_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.translated / self.run_s if self.run_s > 0 else float("nan")
+
+    @property
+    def images_per_s_with_compile(self) -> float:
+        total = self.run_s + self.compile_s
+        return self.translated / total if total > 0 else float("nan")
+
+
+def plan(inputs: list[str], output: str, heatmap: bool) -> tuple[list[Job], int]:
+    """Every input image and its output names (see ``plan_jobs``), checked before any model is loaded."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output}: is a file; pass a folder (it is created if missing)")
+    jobs, renamed = plan_jobs(collect_inputs(inputs, output), output, heatmap)
+    if not jobs:
+        raise UsageError(f"--input {' '.join(inputs)}: no image files found (looked for .jpg, .png, .bmp, ...)")
+    return jobs, renamed
+
+
+def translate_paths(gens: Generators, direction: str, inputs: list[str], output: str, **kwargs) -> TranslateResult:
+    """Translate image files/folders into ``output`` (see ``translate_jobs``)."""
+    jobs, renamed = plan(inputs, output, kwargs.get("heatmap", False))
+    result = translate_jobs(gens, direction, jobs, output, **kwargs)
+    result.renamed = renamed
+    return result
+
+
+def translate_jobs(
+    gens: Generators,
+    direction: str,
+    jobs: list[Job],
+    output: str,
+    *,
+    heatmap: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> TranslateResult:
+    """Translate planned jobs; unreadable files are skipped with a warning, none readable is an error.
+
+    The generator is compiled once, ahead of time, for one fixed batch shape (the last batch is padded), so the
+    compile time is known separately from the throughput.
+    """
+    import jax
+    from tqdm import tqdm
+
+    from ugatit_jax.cam import overlay_heatmap
+    from ugatit_jax.data.transforms import to_uint8
+    from ugatit_jax.inference import make_generator_fn, padded_batches
+    from ugatit_jax.visualize import save_png
+
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction {direction}: use A2B or B2A")
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size {batch_size}: must be positive")
+    size = gens.img_size
+    batch = min(batch_size, len(jobs))
+    params = jax.device_put(gens.params[DIRECTIONS[direction][0]])
+    t0 = time.perf_counter()
+    spec = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)
+    translate = make_generator_fn(gens.graphdef).lower(params, spec).compile()
+    compile_s = time.perf_counter() - t0
+
+    os.makedirs(output, exist_ok=True)
+    skipped: list[str] = []
+    readable: list[Job] = []
+    bar = tqdm(total=len(jobs), unit="img", disable=None if progress else True, dynamic_ncols=True)
+
+    def images(pool):
+        for job, image in _read_ahead(pool, jobs, size, ahead=2 * batch):
+            if isinstance(image, Exception):
+                skipped.append(job.path)
+                warn_line(f"skipping unreadable image {job.path} ({type(image).__name__}: {image})")
+                bar.update(1)
+                continue
+            readable.append(job)
+            yield image
+
+    def write(pending) -> None:
+        chunk, inputs_u8, result = pending
+        fake, _, heat = jax.device_get(result)
+        n = len(chunk)
+        fake = to_uint8(fake[:n])
+        overlays = overlay_heatmap(inputs_u8[:n], heat[:n]) if heatmap else None
+        for i, job in enumerate(chunk):
+            base = os.path.join(output, *job.stem.split("/"))
+            save_png(fake[i], base + ".png")
+            if heatmap:
+                save_png(overlays[i], base + "_heatmap.png")
+        bar.update(n)
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        pending = None
+        for k, (arr, n) in enumerate(padded_batches(images(pool), batch)):
+            result = translate(params, arr)  # asynchronous: the previous batch is written meanwhile
+            if pending is not None:
+                write(pending)
+            pending = (readable[k * batch : k * batch + n], arr, result)
+        if pending is not None:
+            write(pending)
+    run_s = time.perf_counter() - t0
+    bar.close()
+    if not readable:
+        raise UsageError(f"--input: none of the {len(jobs)} image file(s) could be read; see the warnings above")
+    return TranslateResult(len(readable), skipped, 0, compile_s, run_s)
+
+
+# ----------------------------------------------------------------------------
+# Test mode: the official 7-tile strips of the whole test split
+# ----------------------------------------------------------------------------
+
+
+def write_test_split(gens: Generators, source, output: str, *, batch_size: int = 8, progress: bool = False) -> dict:
+    """Strips ``A2B/<key>.png`` for testA and ``B2A/<key>.png`` for testB, plus ``index.html``.
+
+    One compiled function serves both directions (the generators share a shape; only their roles swap).
+    """
+    import jax
+    from tqdm import tqdm
+
+    from ugatit_jax import report
+    from ugatit_jax.data import iterate_test
+    from ugatit_jax.inference import make_cycle_fn, padded_batches
+
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size {batch_size}: must be positive")
+    size = gens.img_size
+    batch = max(1, min(batch_size, max(len(source.test_a), len(source.test_b))))
+    fn = make_cycle_fn(gens.graphdef, gens.graphdef)
+    params = jax.device_put(gens.params)
+    sections, skipped, counts = [], [], {}
+    total = len(source.test_a) + len(source.test_b)
+    bar = tqdm(total=total, unit="img", disable=None if progress else True, dynamic_ncols=True)
+    for direction, split, heading in (
+        ("A2B", source.test_a, "A → B (testA translated to domain B)"),
+        ("B2A", source.test_b, "B → A (testB translated to domain A)"),
+    ):
+        to, back = DIRECTIONS[direction]
+        batches = iterate_test(split, img_size=size, batch_size=batch)
+        images = []
+        for real, keys in batches:
+            arr, n = next(padded_batches(list(real), batch))
+            outputs = jax.device_get(fn(params[to], params[back], arr))
+            written = report.save_strips(report.column_strips(outputs, n), keys, output, direction)
+            images += list(zip(written, keys))
+            bar.update(n)
+        skipped += batches.skipped
+        counts[direction] = len(images)
+        sections.append((direction, f"{heading}: {len(images)} image(s)", images))
+    bar.close()
+    notes = []
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable test image(s) left out: {', '.join(skipped)}")
+    index = report.write_index(output, f"U-GAT-IT test split: {gens.name}", sections, notes)
+    return {"index": index, "counts": counts, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=PROG,
+        description="Translate images with a trained U-GAT-IT, or write test-split strips (--test-split).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    model = parser.add_argument_group("model (one of --workdir / --checkpoint)")
+    model.add_argument("--workdir", help="a train.py run folder; the model shape comes from its saved config")
+    model.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
+    model.add_argument("--checkpoint", help="an official PyTorch U-GAT-IT checkpoint (.pt) instead of --workdir")
+    model.add_argument("--img-size", type=int, default=None, help="--checkpoint only (default 256)")
+    model.add_argument("--ch", type=int, default=None, help="--checkpoint only (default 64)")
+    model.add_argument("--n-res", type=int, default=None, help="--checkpoint only (default 4)")
+    model.add_argument("--light", action="store_true", default=None, help="--checkpoint only: U-GAT-IT light")
+    parser.add_argument("--direction", choices=tuple(DIRECTIONS), help="A2B or B2A (translate mode)")
+    parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders (recursive)")
+    parser.add_argument("--output", help="output folder (test mode default: WORKDIR/test)")
+    parser.add_argument("--heatmap", action="store_true", help="also write <stem>_heatmap.png (attention map)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per compiled batch (default: 8; 1 on CPU, fastest there)"
+    )
+    parser.add_argument("--test-split", action="store_true", help="test mode: strips of every test image + index")
+    parser.add_argument("--dataset-dir", default=None, help="test mode: the dataset's folder, if it moved")
+    return parser
+
+
+def check_model_args(args) -> None:
+    """The cheap checks of --workdir / --checkpoint (exactly one, flags that fit it, the path exists), up front."""
+    if bool(args.workdir) == bool(args.checkpoint):
+        raise UsageError("give exactly one of --workdir RUN and --checkpoint FILE.pt")
+    if args.workdir:
+        given = [f"--{k.replace('_', '-')}" for k in PAPER_SHAPE if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to --checkpoint only; a run's model shape comes from its config")
+        run_dir_or_fail(args.workdir)
+    else:
+        if args.step is not None:
+            raise UsageError("--step applies to --workdir only; an official checkpoint holds one step")
+        if not os.path.isfile(os.path.expanduser(args.checkpoint)):
+            raise UsageError(f"--checkpoint={args.checkpoint}: file not found; pass an official U-GAT-IT .pt file")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise UsageError(f"--batch-size {args.batch_size}: must be positive")
+
+
+def load_generators(args) -> Generators:
+    """From --workdir or --checkpoint; the shape flags of a checkpoint default to the paper's model."""
+    if args.workdir:
+        return load_run(args.workdir, args.step)
+    shape = {k: PAPER_SHAPE[k] if getattr(args, k) is None else getattr(args, k) for k in PAPER_SHAPE}
+    return load_official(os.path.expanduser(args.checkpoint), **shape)
+
+
+def dataset_for_test_split(args, gens: Generators):
+    """The dataset of the run (its saved config; --dataset-dir overrides the folder), or a folder for .pt."""
+    import ml_collections
+
+    from ugatit_jax.data import get_source
+
+    if gens.config is None:
+        if not args.dataset_dir:
+            raise UsageError("--test-split with --checkpoint needs --dataset-dir ROOT (a folder with testA/ testB/)")
+        config = ml_collections.ConfigDict({"dataset": "folder", "dataset_dir": args.dataset_dir})
+    else:
+        config = ml_collections.ConfigDict(gens.config.to_dict())
+        if args.dataset_dir:
+            config.dataset_dir = args.dataset_dir
+    return get_source(config)
+
+
+def _run(args) -> None:
+    if args.test_split:
+        for flag, value in (("--direction", args.direction), ("--input", args.input), ("--heatmap", args.heatmap)):
+            if value:
+                raise UsageError(f"{flag} does not apply to --test-split (which translates the whole test split)")
+        check_model_args(args)
+        if args.checkpoint and not (args.output and args.dataset_dir):
+            raise UsageError(
+                "--test-split with --checkpoint needs --dataset-dir ROOT (with testA/ testB/) and --output"
+            )
+        gens = load_generators(args)
+        output = args.output or os.path.join(run_dir_or_fail(args.workdir), "test")
+        source = dataset_for_test_split(args, gens)
+        batch_size = args.batch_size or default_batch_size()
+        result = write_test_split(gens, source, output, batch_size=batch_size, progress=True)
+        counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
+        print(f"wrote test strips ({counts}) and {result['index']}")
+        if result["skipped"]:
+            print(f"{len(result['skipped'])} unreadable test image(s) skipped")
+        return
+    missing = [
+        flag
+        for flag, value in (("--direction", args.direction), ("--input", args.input), ("--output", args.output))
+        if not value
+    ]
+    if missing:
+        raise UsageError(f"{missing[0]} is required (or use --test-split)")
+    if args.dataset_dir:
+        raise UsageError("--dataset-dir applies to --test-split only")
+    check_model_args(args)
+    jobs, renamed = plan(args.input, args.output, args.heatmap)
+    gens = load_generators(args)
+    batch_size = args.batch_size or default_batch_size()
+    result = translate_jobs(
+        gens, args.direction, jobs, args.output, heatmap=args.heatmap, batch_size=batch_size, progress=True
+    )
+    if renamed:
+        print(f"note: {renamed} output name(s) changed to stay unique (extension kept, or _2, _3 added)")
+    skipped = f", {len(result.skipped)} unreadable file(s) skipped" if result.skipped else ""
+    print(
+        f"translated {result.translated} image(s) {args.direction} into {args.output}{skipped}: "
+        f"{result.images_per_s:.2f} images/s ({result.images_per_s_with_compile:.2f} with the "
+        f"{result.compile_s:.1f} s compilation)"
+    )
+
+
+def show_warning_line(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` replacement: the data package's unreadable-image warnings, one line each."""
+    warn_line(str(message))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning_line
+        try:
+            _run(args)
+        except expected_errors() as error:
+            fail_line(PROG, error)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
