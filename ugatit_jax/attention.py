@@ -46,11 +46,13 @@ class CAMAttention(nnx.Module):
         kernel = fc.raw_kernel if isinstance(fc, SpectralNorm) else fc.kernel[...]
         return kernel[:, 0]  # (C,)
 
-    def __call__(self, x: jax.Array):
+    def __call__(self, x: jax.Array, groups: int = 1):
+        """``groups``: see ``SpectralNorm.__call__`` (discriminator only)."""
         gap = jnp.mean(x, axis=(1, 2))  # (B, C)
         gmp = jnp.max(x, axis=(1, 2))  # (B, C)
-        gap_logit = self.gap_fc(gap)  # (B, 1)
-        gmp_logit = self.gmp_fc(gmp)  # (B, 1)
+        kw = {"groups": groups} if groups != 1 else {}
+        gap_logit = self.gap_fc(gap, **kw)  # (B, 1)
+        gmp_logit = self.gmp_fc(gmp, **kw)  # (B, 1)
         cam_logit = jnp.concatenate([gap_logit, gmp_logit], axis=-1)  # (B, 2)
         gap_weight = self._raw_weight(self.gap_fc).astype(x.dtype)
         gmp_weight = self._raw_weight(self.gmp_fc).astype(x.dtype)

@@ -163,13 +163,15 @@ class Discriminator(nnx.Module):
         self.classifier = sn_conv(dim, 1, 1, use_bias=False)
         self.dtype = dtype
 
-    def __call__(self, x):
+    def __call__(self, x, groups: int = 1):
+        """``groups`` > 1: x interleaves that many batches (row j * groups + k: sample j of batch k), and the result
+        equals ``groups`` consecutive calls, one per batch, each advancing the power iteration once."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
         for conv in self.convs:
-            x = _leaky_relu(conv(layers.reflect_pad(x, 1)))
-        x, cam_logit, heatmap = self.cam(x)
-        out = self.classifier(layers.reflect_pad(x, 1))
+            x = _leaky_relu(conv(layers.reflect_pad(x, 1), groups))
+        x, cam_logit, heatmap = self.cam(x, groups)
+        out = self.classifier(layers.reflect_pad(x, 1), groups)
         return out.astype(jnp.float32), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
 
 

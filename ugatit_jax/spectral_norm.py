@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ugatit_jax import layers
+
 
 class PowerIterationState(nnx.Variable):
     """The power-iteration vectors u, v: state carried between steps, never trained."""
@@ -36,7 +38,7 @@ def power_iteration(w_mat: jax.Array, u: jax.Array, v: jax.Array, n_steps: int, 
     """``n_steps`` rounds of v <- W u / |W u|, u <- W^T v / |.| on W of shape (fan_in, out)."""
     for _ in range(n_steps):
         v = l2_normalize(w_mat @ u, eps)  # (fan_in,)
-        u = l2_normalize(w_mat.T @ v, eps)  # (out,)
+        u = l2_normalize(v @ w_mat, eps)  # (out,); v @ W, not W.T @ v: no transposed copy of a large W
     return u, v
 
 
@@ -83,24 +85,43 @@ class SpectralNorm(nnx.Module):
         """The un-normalised kernel (torch's ``weight_orig``)."""
         return self.layer.kernel[...]
 
-    def sigma(self) -> jax.Array:
-        """Estimate of the largest singular value; advances u, v first when in training mode."""
+    def sigmas(self, groups: int = 1) -> jax.Array:
+        """(groups,) sigma estimates, as ``groups`` consecutive calls would see them (each advances u, v first)."""
         kernel = self.layer.kernel[...].astype(jnp.float32)
         w_mat = kernel.reshape(-1, kernel.shape[-1])  # (fan_in, out)
         u, v = self.u[...], self.v[...]
-        if not self.use_running_average:
-            u, v = power_iteration(jax.lax.stop_gradient(w_mat), u, v, self.n_steps, self.eps)
-            # set_value (not ``[...] =``): a whole-array replace that skips a slow sharding check on tracers.
-            self.u.set_value(u)
-            self.v.set_value(v)
-        return jnp.dot(u, w_mat.T @ v)
+        if self.use_running_average:
+            return jnp.broadcast_to(jnp.dot(v, w_mat @ u), (groups,))
+        w_fixed = jax.lax.stop_gradient(w_mat)
+        sigmas = []
+        for _ in range(groups):
+            u, v = power_iteration(w_fixed, u, v, self.n_steps, self.eps)
+            sigmas.append(jnp.dot(v, w_mat @ u))  # u . (W^T v), without transposing W
+        # set_value (not ``[...] =``): a whole-array replace that skips a slow sharding check on tracers.
+        self.u.set_value(u)
+        self.v.set_value(v)
+        return jnp.stack(sigmas)
+
+    def sigma(self) -> jax.Array:
+        """Estimate of the largest singular value; advances u, v first when in training mode."""
+        return self.sigmas(1)[0]
 
     def normalized_kernel(self) -> jax.Array:
         return self.layer.kernel[...] / self.sigma()
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, groups: int = 1) -> jax.Array:
+        """``groups`` > 1: x interleaves ``groups`` batches (row j * groups + k is sample j of batch k), computed
+        as ``groups`` consecutive calls, each with its own power iteration, in one batched op.
+
+        Why it is exact: the layer is linear in the kernel, so op(x, W / sigma_k) = op(x, W) / sigma_k; each batch's
+        rows are scaled by their own 1 / sigma_k before the bias.
+        """
         layer = self.layer
-        kernel = self.normalized_kernel()
+        raw = layer.kernel[...]
+        if groups == 1:
+            kernel, inv_sigma = raw / self.sigma(), None
+        else:
+            kernel, inv_sigma = raw, 1.0 / self.sigmas(groups)  # (groups,)
         bias = layer.bias[...] if layer.bias is not None else None
         dtype = layer.dtype or jnp.result_type(x, kernel)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
@@ -109,9 +130,16 @@ class SpectralNorm(nnx.Module):
         else:
             strides = layer.strides
             strides = (strides,) * (x.ndim - 2) if isinstance(strides, int) else tuple(strides)
-            y = jax.lax.conv_general_dilated(
-                x, kernel, window_strides=strides, padding=layer.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            if layer.padding == "VALID":
+                y = layers.conv2d(x, kernel, strides)  # XLA's or a faster formulation on CPU
+            else:
+                y = jax.lax.conv_general_dilated(
+                    x, kernel, strides, layer.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+        if inv_sigma is not None:
+            per_group = y.reshape(-1, groups, *y.shape[1:])  # (B, groups, ...)
+            scale = inv_sigma.astype(dtype).reshape(1, groups, *([1] * (y.ndim - 1)))
+            y = (per_group * scale).reshape(y.shape)
         if bias is not None:
             y = y + bias.astype(dtype)
         return y

@@ -259,5 +259,8 @@ def official_state_dicts(model: UGATIT) -> dict[str, dict[str, np.ndarray]]:
 def save_official_checkpoint(model: UGATIT, path: str | os.PathLike) -> None:
     """Write ``model`` in the official format, loadable by the PyTorch release's ``UGATIT.load``."""
     torch = _import_torch()
-    dicts = {name: {k: torch.from_numpy(v) for k, v in sd.items()} for name, sd in official_state_dicts(model).items()}
+    dicts = {
+        name: {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
+        for name, sd in official_state_dicts(model).items()
+    }
     torch.save(dicts, os.fspath(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -19,6 +20,17 @@ from ugatit_jax.data.transforms import as_model_input
 from ugatit_jax.norms import clip_rho
 from ugatit_jax.spectral_norm import PowerIterationState
 from ugatit_jax.train_state import D_NAMES, G_NAMES, TrainState
+
+
+def interleave(a: jax.Array, b: jax.Array) -> jax.Array:
+    """(B, ...) twice -> (2B, ...) with rows a0, b0, a1, b1, ...: under batch sharding every device keeps its own
+    rows (a concatenation would move data between devices)."""
+    return jnp.stack([a, b], axis=1).reshape(-1, *a.shape[1:])
+
+
+def deinterleave(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    pairs = x.reshape(-1, 2, *x.shape[1:])  # (B, 2, ...)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def make_train_step(
@@ -46,31 +58,39 @@ def make_train_step(
 
     def d_loss_fn(d_params, sn, real_a, real_b, fake_a2b, fake_b2a):
         dis = merge(D_NAMES, d_params, sn)
-        # Same call order as the official loop; each call is one power iteration of that discriminator.
-        real = {
-            "disGA": dis["disGA"](real_a),
-            "disLA": dis["disLA"](real_a),
-            "disGB": dis["disGB"](real_b),
-            "disLB": dis["disLB"](real_b),
+        # One batched call per discriminator on [real; fake]: its two power iterations run in the official order
+        # (real first), each half scaled by its own sigma.
+        x_a, x_b = interleave(real_a, fake_b2a), interleave(real_b, fake_a2b)  # (2B, H, W, 3)
+        both = {
+            "disGA": dis["disGA"](x_a, groups=2),
+            "disLA": dis["disLA"](x_a, groups=2),
+            "disGB": dis["disGB"](x_b, groups=2),
+            "disLB": dis["disLB"](x_b, groups=2),
         }
-        fake = {
-            "disGA": dis["disGA"](fake_b2a),
-            "disLA": dis["disLA"](fake_b2a),
-            "disGB": dis["disGB"](fake_a2b),
-            "disLB": dis["disLB"](fake_a2b),
-        }
+        halves = {n: tuple(zip(*map(deinterleave, out))) for n, out in both.items()}
+        real = {n: h[0] for n, h in halves.items()}
+        fake = {n: h[1] for n, h in halves.items()}
         loss, terms = losses.discriminator_loss(real, fake, adv_weight=adv_weight, gan_type=gan_type)
         return loss, (terms, sn_state(dis))
 
-    def g_loss_fn(g_params, d_params, sn, real_a, real_b):
+    def translate(g_params, real_a, real_b):
+        """Each generator on both domains in one call: translations and identity mappings with their CAM logits."""
+        gen = merge(G_NAMES, g_params, {n: nnx.State({}) for n in G_NAMES})
+        a2b_image, a2b_cam, _ = gen["genA2B"](interleave(real_a, real_b))  # (2B, ...): A->B, B->B
+        b2a_image, b2a_cam, _ = gen["genB2A"](interleave(real_b, real_a))  # B->A, A->A
+        return {"a2b": deinterleave(a2b_image), "b2a": deinterleave(b2a_image)}, {
+            "a2b": deinterleave(a2b_cam),
+            "b2a": deinterleave(b2a_cam),
+        }
+
+    def g_loss_fn(g_params, translated, d_params, sn, real_a, real_b):
+        images, cams = translated
+        (fake_a2b, identity_b), (fake_b2a, identity_a) = images["a2b"], images["b2a"]
+        (cam_a2b, cam_b2b), (cam_b2a, cam_a2a) = cams["a2b"], cams["b2a"]
         gen = merge(G_NAMES, g_params, {n: nnx.State({}) for n in G_NAMES})
         dis = merge(D_NAMES, d_params, sn)
-        fake_a2b, cam_a2b, _ = gen["genA2B"](real_a)
-        fake_b2a, cam_b2a, _ = gen["genB2A"](real_b)
         cycle_a, _, _ = gen["genB2A"](fake_a2b)
         cycle_b, _, _ = gen["genA2B"](fake_b2a)
-        identity_a, cam_a2a, _ = gen["genB2A"](real_a)
-        identity_b, cam_b2b, _ = gen["genA2B"](real_b)
         fake = {
             "disGA": dis["disGA"](fake_b2a),
             "disLA": dis["disLA"](fake_b2a),
@@ -102,10 +122,12 @@ def make_train_step(
         g_params, d_params = state.g_params(), state.d_params()
         d_sn = {n: state.sn[n] for n in D_NAMES}
 
+        # The generators' first pass (translations and identity mappings, both at the current weights) serves
+        # both updates: the D update reads its translations, the G update pulls gradients back through its vjp.
+        translated, translate_vjp = jax.vjp(lambda p: translate(p, real_a, real_b), g_params)
+        fake_a2b, fake_b2a = translated[0]["a2b"][0], translated[0]["b2a"][0]
+
         # Discriminator update on translations by the current generators (no gradient into G).
-        gen = merge(G_NAMES, g_params, {n: state.sn[n] for n in G_NAMES})
-        fake_a2b = jax.lax.stop_gradient(gen["genA2B"](real_a)[0])
-        fake_b2a = jax.lax.stop_gradient(gen["genB2A"](real_b)[0])
         (d_loss, (d_terms, d_sn)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
             d_params, d_sn, real_a, real_b, fake_a2b, fake_b2a
         )
@@ -113,9 +135,11 @@ def make_train_step(
         d_params = optax.apply_updates(d_params, d_updates)
 
         # Generator update against the freshly updated discriminators.
-        (g_loss, (g_terms, d_sn)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-            g_params, d_params, d_sn, real_a, real_b
-        )
+        (g_loss, (g_terms, d_sn)), (g_grads, translated_grads) = jax.value_and_grad(
+            g_loss_fn, argnums=(0, 1), has_aux=True
+        )(g_params, translated, d_params, d_sn, real_a, real_b)
+        (g_grads_first,) = translate_vjp(translated_grads)
+        g_grads = jax.tree.map(jnp.add, g_grads, g_grads_first)
         g_updates, g_opt = g_tx.update(g_grads, state.g_opt, g_params)
         g_params = optax.apply_updates(g_params, g_updates)
 
