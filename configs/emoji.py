@@ -17,9 +17,9 @@ def get_config():
     c.disc_global_layers = 5  # 64 -> 8 -> 7 (heat map) -> 6 (patch logits)
     c.disc_local_layers = 4  # 64 -> 16 -> 15 -> 14
     c.batch_size = 4
-    c.iterations = 2000
+    c.iterations = 1200  # ~370 ms/step on a 2-core Xeon: ~8 minutes of training, ~9 with start-up and evaluation
     c.log_every = 25
-    c.sample_every = 250
-    c.eval_every = 500
-    c.checkpoint_every = 250
+    c.sample_every = 200
+    c.eval_every = 400
+    c.checkpoint_every = 200
     return c

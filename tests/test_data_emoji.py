@@ -133,6 +133,43 @@ def test_one_broken_emoji_is_dropped_from_both_domains(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "emoji" / "trainA" / "1f004.png")
 
 
+def test_flat_square_detection():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)
+    assert not emoji.has_flat_square(image)
+    image[10:54, 20:64] = (30, 200, 90)  # 44 px: 0.61 of the side, one colour
+    assert emoji.has_flat_square(image)
+    image[30, 40, 1] += 2  # one pixel two levels off: no 44 px window is flat any more
+    assert not emoji.has_flat_square(image)
+    white = np.full((72, 72, 3), 255, np.uint8)
+    white[30:42, 30:42] = 0  # a small glyph on white: every 44 px window holds part of it
+    assert not emoji.has_flat_square(white)
+
+
+def test_emoji_with_a_flat_square_are_left_out_of_both_domains(tmp_path, monkeypatch):
+    original = emoji.render_twemoji
+
+    def square(path):
+        image = original(path)
+        if os.path.basename(path).lower().startswith("1f004"):
+            image.paste((200, 30, 30), (4, 4, 68, 68))  # like Twemoji's coloured squares
+        return image
+
+    monkeypatch.setattr(emoji, "render_twemoji", square)
+    manifest = emoji.build_emoji_cache(str(tmp_path / "emoji"), limit=24, progress=False)
+    assert manifest["excluded_flat"] == ["1f004"] and not manifest["failed"]
+    assert manifest["counts"]["trainA"] == manifest["counts"]["trainB"] == 21
+    assert not os.path.exists(tmp_path / "emoji" / "trainB" / "1f004.png")
+
+
+def test_the_full_set_has_no_flat_crops():
+    """The real emoji that trip the rule are Twemoji's coloured squares, circles and skin-tone swatches."""
+    twemoji = dict((key, png) for key, png, _ in emoji.match_emoji())
+    for key in ("1f7e9", "2b1c", "1f3fb"):  # green square, white square, skin tone 1-2
+        assert emoji.has_flat_square(np.asarray(emoji.render_twemoji(twemoji[key]))), key
+    assert not emoji.has_flat_square(np.asarray(emoji.render_twemoji(twemoji["1f600"])))
+
+
 def test_process_pool_builds_the_same_files(tmp_path):
     serial = str(tmp_path / "serial")
     pooled = str(tmp_path / "pooled")

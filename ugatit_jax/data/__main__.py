@@ -55,7 +55,11 @@ def _build(args) -> None:
     limit = args.emoji_limit or None
     if args.force or not is_current(cache_dir, limit):
         manifest = build_emoji_cache(cache_dir, limit=limit, num_workers=args.num_workers)
-        print(f"built emoji dataset in {cache_dir} in {manifest['build_seconds']} s")
+        flat, failed = manifest["excluded_flat"], manifest["failed"]
+        print(
+            f"built emoji dataset in {cache_dir} in {manifest['build_seconds']} s; left out {len(flat)} emoji with "
+            f"a flat square (they destabilise instance norm) and {len(failed)} that failed to render"
+        )
     source = emoji_source(cache_dir, limit=limit)
     counts = ", ".join(f"{split} {count}" for split, count in source.counts().items())
     print(f"emoji dataset in {cache_dir}: {counts}; {len(source.test_pairs)} test pairs")

@@ -33,9 +33,16 @@ from ugatit_jax.data.folders import folder_source
 from ugatit_jax.data.images import pil_to_rgb
 from ugatit_jax.data.source import SPLITS, UnpairedSource
 
-# Bump when the rendering or the split rule changes, so old caches get rebuilt.
-FORMAT_VERSION = 1
+# Bump when the rendering, the split or the exclusion rule changes, so old caches get rebuilt.
+FORMAT_VERSION = 2
 IMAGE_SIZE = 72
+# Emoji whose render holds a flat square (one colour, +-1 level) this large, as a share of the side, are left out
+# of both domains. The train crop (img_size out of img_size + 30) can land entirely inside such a square, and a
+# flat crop gives every instance norm of the generator's encoder zero variance: each then multiplies the gradient
+# by 1 / sqrt(eps) ~ 316, and the generator's gradient overflows float32 (seen at step ~60 of configs/emoji.py, on
+# Twemoji's coloured squares and skin-tone swatches). 0.6 keeps crops of 45 px and larger safe.
+MAX_FLAT_FRACTION = 0.6
+_FLAT_TOLERANCE = 1
 # Share of code points held out for testing, in per mille of the hash space.
 TEST_PER_MILLE = 100
 MANIFEST = "manifest.json"
@@ -114,14 +121,38 @@ def render_openmoji(path: str) -> Image.Image:
         return _on_white(image)
 
 
+def _sliding_extreme(x: np.ndarray, k: int, op) -> np.ndarray:
+    """``op`` (np.maximum / np.minimum) over every k x k window of (H, W, C): (H - k + 1, W - k + 1, C)."""
+    for axis in (0, 1):
+        n = x.shape[axis] - k + 1
+        sl = lambda start, axis=axis, n=n: (slice(None),) * axis + (slice(start, start + n),)
+        out = x[sl(0)]
+        for d in range(1, k):
+            out = op(out, x[sl(d)])
+        x = out
+    return x
+
+
+def has_flat_square(image: np.ndarray, fraction: float = MAX_FLAT_FRACTION, tolerance: int = _FLAT_TOLERANCE) -> bool:
+    """Whether some square of side ``fraction`` of the image's is one colour (every channel within ``tolerance``)."""
+    a = np.asarray(image, np.int16)
+    k = int(np.ceil(fraction * min(a.shape[:2])))
+    spread = _sliding_extreme(a, k, np.maximum) - _sliding_extreme(a, k, np.minimum)  # (H-k+1, W-k+1, C)
+    return bool(np.any(np.all(spread <= tolerance, axis=-1)))
+
+
 def _render_chunk(root: str, chunk: list[tuple[str, str, str, str]]) -> list[tuple[str, str | None]]:
-    """Writes both domains for each (key, 'train'|'test', png, svg); returns (key, error or None)."""
+    """Writes both domains for each (key, 'train'|'test', png, svg); returns (key, None, or why it is missing)."""
     results = []
     for key, part, png, svg in chunk:
         targets = [os.path.join(root, f"{part}{domain}", f"{key}.png") for domain in "AB"]
         try:
-            render_twemoji(png).save(targets[0])
-            render_openmoji(svg).save(targets[1])
+            images = render_twemoji(png), render_openmoji(svg)
+            if any(has_flat_square(image) for image in images):
+                results.append((key, _FLAT))
+                continue
+            for image, target in zip(images, targets):
+                image.save(target)
             results.append((key, None))
         except Exception as error:  # noqa: BLE001 - one broken emoji must not sink the build
             for target in targets:
@@ -129,6 +160,9 @@ def _render_chunk(root: str, chunk: list[tuple[str, str, str, str]]) -> list[tup
                     os.remove(target)
             results.append((key, f"{type(error).__name__}: {error}"))
     return results
+
+
+_FLAT = "flat"  # left out by the MAX_FLAT_FRACTION rule, not a failure
 
 
 def _versions() -> dict[str, str]:
@@ -290,7 +324,9 @@ def build_emoji_cache(
     try:
         for split in SPLITS:
             os.mkdir(os.path.join(building, split))
-        failed = _render_all(building, tasks, num_workers, progress)
+        missing = _render_all(building, tasks, num_workers, progress)
+        flat = sorted(key for key, why in missing.items() if why == _FLAT)
+        failed = {key: why for key, why in missing.items() if why != _FLAT}
         counts = {split: len(os.listdir(os.path.join(building, split))) for split in SPLITS}
         if not all(counts.values()):
             raise DatasetError(
@@ -306,6 +342,7 @@ def build_emoji_cache(
             "counts": counts,
             "test_pairs": counts["testA"],
             "failed": failed,
+            "excluded_flat": flat,
             "build_seconds": round(time.perf_counter() - start, 2),
         }
         with open(os.path.join(building, MANIFEST), "w", encoding="utf-8") as file:
