@@ -1,0 +1,176 @@
+"""The official PyTorch training step (znxlwm/UGATIT-pytorch), built from a user's checkout, for timing.
+
+None of the official code lives in this repository: ``networks.py`` (ResnetGenerator, Discriminator, RhoClipper) is
+imported at run time from the directory the user names. The step itself is written here following the official
+``UGATIT.train`` loop: D update (fakes *not* detached, so the D loss backpropagates into both generators, as the
+official code does), G update, rho clip; ``torch.optim.Adam(lr, betas=(0.5, 0.999), weight_decay)`` for both.
+torch is optional and imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import types
+
+
+def import_torch():
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError as e:
+        raise SystemExit("--torch-reference needs PyTorch: pip install 'ugatit-jax[torch]'") from e
+    return torch
+
+
+def locate_networks(path: str | os.PathLike) -> pathlib.Path:
+    """``networks.py`` of a checkout, or extracted from a bare git directory (``git show HEAD:networks.py``)."""
+    root = pathlib.Path(path).expanduser()
+    if root.is_file() and root.name == "networks.py":
+        return root
+    if (root / "networks.py").is_file():
+        return root / "networks.py"
+    if (root / "HEAD").is_file() and (root / "objects").is_dir():  # bare repository
+        out = pathlib.Path(tempfile.mkdtemp(prefix="ugatit_official_")) / "networks.py"
+        try:
+            text = subprocess.run(
+                ["git", "--git-dir", str(root), "show", "HEAD:networks.py"], check=True, capture_output=True, text=True
+            ).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"--torch-reference {root}: cannot read networks.py from the git directory ({e})") from e
+        out.write_text(text)
+        return out
+    raise SystemExit(f"--torch-reference {root}: no networks.py there (expected a checkout of znxlwm/UGATIT-pytorch)")
+
+
+def import_official(path: str | os.PathLike) -> types.ModuleType:
+    """Import the official ``networks.py`` by path under a private module name."""
+    import_torch()
+    file = locate_networks(path)
+    spec = importlib.util.spec_from_file_location("ugatit_official_networks", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    for name in ("ResnetGenerator", "Discriminator", "RhoClipper"):
+        if not hasattr(module, name):
+            raise SystemExit(f"{file}: no {name}; is this the official U-GAT-IT networks.py?")
+    return module
+
+
+class OfficialStep:
+    """The six official networks, their two Adam optimisers and one training step, at our config's sizes."""
+
+    def __init__(self, networks: types.ModuleType, config, *, threads: int | None = None, detach: bool = False):
+        torch = self.torch = import_torch()
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        torch.manual_seed(config.seed)
+        c = config
+        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
+        self.genA2B, self.genB2A = gen(), gen()
+        self.disGA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
+        self.disGB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
+        self.disLA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
+        self.disLB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
+        nets = (self.genA2B, self.genB2A, self.disGA, self.disGB, self.disLA, self.disLB)
+        for net in nets:
+            net.train()
+        adam = lambda params: torch.optim.Adam(
+            params, lr=c.lr, betas=(c.adam_b1, c.adam_b2), eps=c.adam_eps, weight_decay=c.weight_decay
+        )
+        self.G_optim = adam(itertools.chain(self.genA2B.parameters(), self.genB2A.parameters()))
+        self.D_optim = adam(
+            itertools.chain(
+                self.disGA.parameters(), self.disGB.parameters(), self.disLA.parameters(), self.disLB.parameters()
+            )
+        )
+        self.rho_clipper = networks.RhoClipper(0, 1)
+        self.mse, self.l1, self.bce = torch.nn.MSELoss(), torch.nn.L1Loss(), torch.nn.BCEWithLogitsLoss()
+        self.c = c
+        self.detach = detach  # not official: skips the D loss's wasted backward pass through the generators
+
+    def random_batch(self, seed: int):
+        g = self.torch.Generator().manual_seed(seed)
+        shape = (self.c.batch_size, 3, self.c.img_size, self.c.img_size)
+        return tuple(self.torch.rand(shape, generator=g) * 2 - 1 for _ in range(2))
+
+    def _d_adv(self, real, fake):
+        torch = self.torch
+        return self.mse(real, torch.ones_like(real)) + self.mse(fake, torch.zeros_like(fake))
+
+    def _g_adv(self, fake):
+        return self.mse(fake, self.torch.ones_like(fake))
+
+    def __call__(self, real_A, real_B) -> tuple[float, float]:
+        """One step of the official loop; returns (D loss, G loss)."""
+        torch, c = self.torch, self.c
+        # Update D.
+        self.D_optim.zero_grad()
+        fake_A2B, _, _ = self.genA2B(real_A)
+        fake_B2A, _, _ = self.genB2A(real_B)
+        if self.detach:
+            fake_A2B, fake_B2A = fake_A2B.detach(), fake_B2A.detach()
+        real_GA, real_GA_cam, _ = self.disGA(real_A)
+        real_LA, real_LA_cam, _ = self.disLA(real_A)
+        real_GB, real_GB_cam, _ = self.disGB(real_B)
+        real_LB, real_LB_cam, _ = self.disLB(real_B)
+        fake_GA, fake_GA_cam, _ = self.disGA(fake_B2A)
+        fake_LA, fake_LA_cam, _ = self.disLA(fake_B2A)
+        fake_GB, fake_GB_cam, _ = self.disGB(fake_A2B)
+        fake_LB, fake_LB_cam, _ = self.disLB(fake_A2B)
+        d_loss_A = c.adv_weight * (
+            self._d_adv(real_GA, fake_GA)
+            + self._d_adv(real_GA_cam, fake_GA_cam)
+            + self._d_adv(real_LA, fake_LA)
+            + self._d_adv(real_LA_cam, fake_LA_cam)
+        )
+        d_loss_B = c.adv_weight * (
+            self._d_adv(real_GB, fake_GB)
+            + self._d_adv(real_GB_cam, fake_GB_cam)
+            + self._d_adv(real_LB, fake_LB)
+            + self._d_adv(real_LB_cam, fake_LB_cam)
+        )
+        d_loss = d_loss_A + d_loss_B
+        d_loss.backward()
+        self.D_optim.step()
+
+        # Update G.
+        self.G_optim.zero_grad()
+        fake_A2B, fake_A2B_cam, _ = self.genA2B(real_A)
+        fake_B2A, fake_B2A_cam, _ = self.genB2A(real_B)
+        fake_A2B2A, _, _ = self.genB2A(fake_A2B)
+        fake_B2A2B, _, _ = self.genA2B(fake_B2A)
+        fake_A2A, fake_A2A_cam, _ = self.genB2A(real_A)
+        fake_B2B, fake_B2B_cam, _ = self.genA2B(real_B)
+        fake_GA, fake_GA_cam, _ = self.disGA(fake_B2A)
+        fake_LA, fake_LA_cam, _ = self.disLA(fake_B2A)
+        fake_GB, fake_GB_cam, _ = self.disGB(fake_A2B)
+        fake_LB, fake_LB_cam, _ = self.disLB(fake_A2B)
+        ones, zeros = torch.ones_like, torch.zeros_like
+        cam_A = self.bce(fake_B2A_cam, ones(fake_B2A_cam)) + self.bce(fake_A2A_cam, zeros(fake_A2A_cam))
+        cam_B = self.bce(fake_A2B_cam, ones(fake_A2B_cam)) + self.bce(fake_B2B_cam, zeros(fake_B2B_cam))
+        g_loss_A = (
+            c.adv_weight
+            * (self._g_adv(fake_GA) + self._g_adv(fake_GA_cam) + self._g_adv(fake_LA) + self._g_adv(fake_LA_cam))
+            + c.cycle_weight * self.l1(fake_A2B2A, real_A)
+            + c.identity_weight * self.l1(fake_A2A, real_A)
+            + c.cam_weight * cam_A
+        )
+        g_loss_B = (
+            c.adv_weight
+            * (self._g_adv(fake_GB) + self._g_adv(fake_GB_cam) + self._g_adv(fake_LB) + self._g_adv(fake_LB_cam))
+            + c.cycle_weight * self.l1(fake_B2A2B, real_B)
+            + c.identity_weight * self.l1(fake_B2B, real_B)
+            + c.cam_weight * cam_B
+        )
+        g_loss = g_loss_A + g_loss_B
+        g_loss.backward()
+        self.G_optim.step()
+
+        # Clip rho of every AdaILN / ILN after the optimiser step.
+        self.genA2B.apply(self.rho_clipper)
+        self.genB2A.apply(self.rho_clipper)
+        return d_loss.item(), g_loss.item()
