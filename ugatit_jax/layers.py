@@ -34,7 +34,7 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+NHWC = ("NHWC", "HWIO", "NHWC")  # dimension numbers of every convolution here
 
 
 def conv_methods(x_shape, kernel_shape, strides) -> tuple[str, str, str]:
@@ -76,7 +76,7 @@ def _patches(x: jax.Array, kh: int, kw: int, strides, oh: int, ow: int) -> jax.A
 def _conv_by(method: str, x: jax.Array, kernel: jax.Array, strides, precision=None) -> jax.Array:
     kh, kw, cin, cout = kernel.shape
     if method == "xla":
-        return jax.lax.conv_general_dilated(x, kernel, strides, "VALID", dimension_numbers=_NHWC, precision=precision)
+        return jax.lax.conv_general_dilated(x, kernel, strides, "VALID", dimension_numbers=NHWC, precision=precision)
     oh, ow = (x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1
     if method == "patches":
         patches = _patches(x, kh, kw, strides, oh, ow)  # (B, oh, ow, kh * kw * in)
@@ -138,7 +138,7 @@ def conv_general_dilated(
         and feature_group_count == 1
         and all(d == 1 for d in (lhs_dilation or (1,)) + (rhs_dilation or (1,)))
         and lhs.ndim == 4
-        and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
         and all(v is None for v in kwargs.values())
     )
     if plain:

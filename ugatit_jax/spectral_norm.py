@@ -133,9 +133,7 @@ class SpectralNorm(nnx.Module):
             if layer.padding == "VALID":
                 y = layers.conv2d(x, kernel, strides)  # XLA's or a faster formulation on CPU
             else:
-                y = jax.lax.conv_general_dilated(
-                    x, kernel, strides, layer.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-                )
+                y = jax.lax.conv_general_dilated(x, kernel, strides, layer.padding, dimension_numbers=layers.NHWC)
         if inv_sigma is not None:
             per_group = y.reshape(-1, groups, *y.shape[1:])  # (B, groups, ...)
             scale = inv_sigma.astype(dtype).reshape(1, groups, *([1] * (y.ndim - 1)))

@@ -121,15 +121,10 @@ def render_openmoji(path: str) -> Image.Image:
         return _on_white(image)
 
 
-def _sliding_extreme(x: np.ndarray, k: int, op) -> np.ndarray:
-    """``op`` (np.maximum / np.minimum) over every k x k window of (H, W, C): (H - k + 1, W - k + 1, C)."""
+def _sliding_extreme(x: np.ndarray, k: int, reduce) -> np.ndarray:
+    """``reduce`` (np.max / np.min) over every k x k window of (H, W, C): (H - k + 1, W - k + 1, C), separably."""
     for axis in (0, 1):
-        n = x.shape[axis] - k + 1
-        sl = lambda start, axis=axis, n=n: (slice(None),) * axis + (slice(start, start + n),)
-        out = x[sl(0)]
-        for d in range(1, k):
-            out = op(out, x[sl(d)])
-        x = out
+        x = reduce(np.lib.stride_tricks.sliding_window_view(x, k, axis=axis), axis=-1)
     return x
 
 
@@ -137,7 +132,7 @@ def has_flat_square(image: np.ndarray, fraction: float = MAX_FLAT_FRACTION, tole
     """Whether some square of side ``fraction`` of the image's is one colour (every channel within ``tolerance``)."""
     a = np.asarray(image, np.int16)
     k = int(np.ceil(fraction * min(a.shape[:2])))
-    spread = _sliding_extreme(a, k, np.maximum) - _sliding_extreme(a, k, np.minimum)  # (H-k+1, W-k+1, C)
+    spread = _sliding_extreme(a, k, np.max) - _sliding_extreme(a, k, np.min)  # (H-k+1, W-k+1, C)
     return bool(np.any(np.all(spread <= tolerance, axis=-1)))
 
 
