@@ -14,8 +14,6 @@ against the device's dense peak, XLA's compiled memory analysis and the device's
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import math
 import os
@@ -53,26 +51,21 @@ PEAK_TFLOPS = (
 
 # ----------------------------------------------------------------------------------------------------------- config
 def load_config(path: str, overrides: list[str]):
-    """``get_config()`` of a config file plus ``key=value`` overrides, typed like the existing value."""
-    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--config.{item}: write overrides as --config.key=value")
-        if key not in config:
-            raise SystemExit(f"unknown config key {key!r}; the keys are listed in ugatit_jax/config.py")
-        old = config[key]
-        if isinstance(old, bool):
-            value = raw.lower() in ("1", "true", "yes")
-        elif isinstance(old, (int, float)):
-            value = type(old)(ast.literal_eval(raw))
-        else:
-            value = raw
-        config[key] = value
-    return config
+    """``get_config()`` of a config file plus ``key=value`` overrides, parsed by ml_collections as train.py does."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["throughput", f"--config={path}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv, lock_config=True)
+    try:
+        values(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections' message is just the quoted key
+        key = str(e).strip("'\"")
+        raise SystemExit(f"unknown config key {key!r}; the keys are listed in ugatit_jax/config.py") from None
+    except flags.Error as e:
+        raise SystemExit(str(e)) from None
+    return values.config
 
 
 def config_summary(config) -> dict:
