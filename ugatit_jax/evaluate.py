@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -30,10 +29,8 @@ from ugatit_jax.translate import (
     Parser,
     UsageError,
     default_batch_size,
-    expected_errors,
-    fail_line,
     load_run,
-    show_warning_line,
+    run_cli,
 )
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -272,15 +269,7 @@ def _run(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning_line
-        try:
-            _run(args)
-        except expected_errors() as error:
-            fail_line(PROG, error)
-            return 2
-    return 0
+    return run_cli(PROG, _parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -561,16 +561,21 @@ def show_warning_line(message, category, filename, lineno, file=None, line=None)
     warn_line(str(message))
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
+    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
+    args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = show_warning_line
         try:
-            _run(args)
+            run(args)
         except expected_errors() as error:
-            fail_line(PROG, error)
+            fail_line(prog, error)
             return 2
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(PROG, _parser(), _run, argv)
 
 
 if __name__ == "__main__":
