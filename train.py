@@ -41,11 +41,11 @@ def main(argv: list[str]) -> None:
     from ugatit_jax.config import ConfigError
     from ugatit_jax.data import DatasetError
     from ugatit_jax.torch_import import CheckpointMismatchError
-    from ugatit_jax.trainer import train_and_evaluate
+    from ugatit_jax.trainer import DivergedError, train_and_evaluate
 
     try:
         result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, FileNotFoundError, DivergedError) as e:
         fail(str(e))
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float) and not k.startswith("g_"))
     logging.info("done at step %d: %s", result.get("step", 0), summary)

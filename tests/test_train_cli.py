@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -164,3 +165,24 @@ def test_init_from_official_checkpoint(tmp_path):
             if key.endswith((".weight_u", ".weight_v")):
                 continue  # the power iteration moved these by design
             assert np.max(np.abs(after[name][key] - value)) <= 1.01 * config.lr, f"{name}.{key}"
+
+
+def test_divergence_stops_before_it_is_checkpointed(tmp_path):
+    """A step that turns the parameters into NaN/inf ends the run with DivergedError (train.py: one error line)
+    before that state is saved; the last good checkpoint stays the latest.
+
+    The resumed run's lr of 1e38 makes its first Adam step overflow the parameters; metrics are logged too rarely
+    to notice, so the check before each save (metrics and parameters) is what stops it."""
+    workdir = tmp_path / "run"
+    chex.clear_trace_counter()  # each run compiles its own step: two runs in one process
+    trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=2, checkpoint_every=1), str(workdir))
+    chex.clear_trace_counter()
+    diverging = tiny_config(batch_size=8, lr=1e38, iterations=4, checkpoint_every=1, log_every=1000)
+    with pytest.raises(
+        trainer.DivergedError, match=r"training diverged at step 3: non-finite .*g_loss.*parameters"
+    ) as info:
+        trainer.train_and_evaluate(diverging, str(workdir))
+    assert "last checkpoint (step 2) is kept" in str(info.value)
+    step, state, _ = _final_state(workdir)
+    assert step == 2 and int(state.step) == 2
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))

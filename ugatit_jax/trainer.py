@@ -224,6 +224,28 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
+class DivergedError(FloatingPointError):
+    """Training produced NaN or inf; raised before such a state can be checkpointed."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(step: int, values: dict[str, float], ckpt: Checkpointer, params=None) -> None:
+    """Raises DivergedError if a metric, or any of ``params`` (the state about to be saved), is NaN or inf."""
+    bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if params is not None and not bool(_all_finite(params)):
+        bad.append("parameters")
+    if bad:
+        raise DivergedError(
+            f"training diverged at step {step}: non-finite {', '.join(bad)}. The last checkpoint "
+            f"(step {ckpt.latest_step()}) is kept; lower --config.lr, or look for flat single-colour training "
+            "images (they give instance norm zero variance and blow up the generator's gradient)"
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
     parallel.maybe_initialize_distributed()
@@ -266,44 +288,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
-    with StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
-        t_window, steps_in_window = time.perf_counter(), 0
-        step = start
-        while step < config.iterations and stop.received is None:
-            batch = next(batches)
-            if step == start:
-                t_compile = time.perf_counter()
-            state, metrics = step_fn(state, batch)
-            step += 1
-            steps_in_window += 1
-            if step == start + 1:
-                jax.block_until_ready(state)
-                log.info("first step (compilation included) took %.1f s", time.perf_counter() - t_compile)
-                t_window, steps_in_window = time.perf_counter(), 0
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.iterations:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if steps_in_window:
-                    dt = (time.perf_counter() - t_window) / steps_in_window
-                    values.update(step_time_ms=1000 * dt, images_per_sec=images_per_step / dt)
-                if not all(np.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"non-finite metrics at step {step}: {values}")
-                writer.scalars(step, values)
-                bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
-                last = values
-                t_window, steps_in_window = time.perf_counter(), 0
-            if sampler and (step % config.sample_every == 0 or step == config.iterations):
-                sampler(state, step, writer)
-            if evaluator and (step % config.eval_every == 0 or step == config.iterations):
-                scores = evaluator(state)
-                writer.scalars(step, scores)
-                last.update(scores)
-                if scores and is_chief:
-                    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-            if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
-                ckpt.save(step, state, batches.get_state(), config, force=True)
-
-    ckpt.close()
+    try:
+        with StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
+            t_window, steps_in_window = time.perf_counter(), 0
+            step = start
+            while step < config.iterations and stop.received is None:
+                batch = next(batches)
+                if step == start:
+                    t_compile = time.perf_counter()
+                state, metrics = step_fn(state, batch)
+                step += 1
+                steps_in_window += 1
+                if step == start + 1:
+                    jax.block_until_ready(state)
+                    log.info("first step (compilation included) took %.1f s", time.perf_counter() - t_compile)
+                    t_window, steps_in_window = time.perf_counter(), 0
+                bar.update(1)
+                if step % config.log_every == 0 or step == config.iterations:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    if steps_in_window:
+                        dt = (time.perf_counter() - t_window) / steps_in_window
+                        values.update(step_time_ms=1000 * dt, images_per_sec=images_per_step / dt)
+                    check_finite(step, values, ckpt)
+                    writer.scalars(step, values)
+                    bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
+                    last = values
+                    t_window, steps_in_window = time.perf_counter(), 0
+                if sampler and (step % config.sample_every == 0 or step == config.iterations):
+                    sampler(state, step, writer)
+                if evaluator and (step % config.eval_every == 0 or step == config.iterations):
+                    scores = evaluator(state)
+                    writer.scalars(step, scores)
+                    last.update(scores)
+                    if scores and is_chief:
+                        log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
+                    # Never let a diverged state replace the last good checkpoint.
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    check_finite(step, values, ckpt, params=state.params)
+                    ckpt.save(step, state, batches.get_state(), config, force=True)
+    finally:
+        ckpt.close()  # also on an error: an asynchronous save still in flight completes
     batches.close()
     writer.close()
     skipped = train_iter.skipped
