@@ -96,6 +96,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also on an error: an asynchronous save still in flight completes
+
 
 def abstract_like(state, sharding) -> Any:
     """Shape/dtype/sharding description of ``state`` for restoring onto ``sharding`` (e.g. replicated)."""

@@ -288,47 +288,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
-    try:
-        with StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
-            t_window, steps_in_window = time.perf_counter(), 0
-            step = start
-            while step < config.iterations and stop.received is None:
-                batch = next(batches)
-                if step == start:
-                    t_compile = time.perf_counter()
-                state, metrics = step_fn(state, batch)
-                step += 1
-                steps_in_window += 1
-                if step == start + 1:
-                    jax.block_until_ready(state)
-                    log.info("first step (compilation included) took %.1f s", time.perf_counter() - t_compile)
-                    t_window, steps_in_window = time.perf_counter(), 0
-                bar.update(1)
-                if step % config.log_every == 0 or step == config.iterations:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    if steps_in_window:
-                        dt = (time.perf_counter() - t_window) / steps_in_window
-                        values.update(step_time_ms=1000 * dt, images_per_sec=images_per_step / dt)
-                    check_finite(step, values, ckpt)
-                    writer.scalars(step, values)
-                    bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
-                    last = values
-                    t_window, steps_in_window = time.perf_counter(), 0
-                if sampler and (step % config.sample_every == 0 or step == config.iterations):
-                    sampler(state, step, writer)
-                if evaluator and (step % config.eval_every == 0 or step == config.iterations):
-                    scores = evaluator(state)
-                    writer.scalars(step, scores)
-                    last.update(scores)
-                    if scores and is_chief:
-                        log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-                if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
-                    # Never let a diverged state replace the last good checkpoint.
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    check_finite(step, values, ckpt, params=state.params)
-                    ckpt.save(step, state, batches.get_state(), config, force=True)
-    finally:
-        ckpt.close()  # also on an error: an asynchronous save still in flight completes
+    with ckpt, StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
+        t_window, steps_in_window = time.perf_counter(), 0
+        step = start
+        while step < config.iterations and stop.received is None:
+            batch = next(batches)
+            if step == start:
+                t_compile = time.perf_counter()
+            state, metrics = step_fn(state, batch)
+            step += 1
+            steps_in_window += 1
+            if step == start + 1:
+                jax.block_until_ready(state)
+                log.info("first step (compilation included) took %.1f s", time.perf_counter() - t_compile)
+                t_window, steps_in_window = time.perf_counter(), 0
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.iterations:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if steps_in_window:
+                    dt = (time.perf_counter() - t_window) / steps_in_window
+                    values.update(step_time_ms=1000 * dt, images_per_sec=images_per_step / dt)
+                check_finite(step, values, ckpt)
+                writer.scalars(step, values)
+                bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
+                last = values
+                t_window, steps_in_window = time.perf_counter(), 0
+            if sampler and (step % config.sample_every == 0 or step == config.iterations):
+                sampler(state, step, writer)
+            if evaluator and (step % config.eval_every == 0 or step == config.iterations):
+                scores = evaluator(state)
+                writer.scalars(step, scores)
+                last.update(scores)
+                if scores and is_chief:
+                    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+            if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
+                # Never let a diverged state replace the last good checkpoint.
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_finite(step, values, ckpt, params=state.params)
+                ckpt.save(step, state, batches.get_state(), config, force=True)
     batches.close()
     writer.close()
     skipped = train_iter.skipped
@@ -344,8 +341,7 @@ def load_trained_model(workdir: str, step: int | None = None) -> tuple[ml_collec
 
     The config comes from the checkpoint itself, so a model is always rebuilt with the shapes it was trained with.
     """
-    ckpt = Checkpointer(workdir, read_only=True)
-    try:
+    with Checkpointer(workdir, read_only=True) as ckpt:
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
@@ -357,8 +353,6 @@ def load_trained_model(workdir: str, step: int | None = None) -> tuple[ml_collec
         device = jax.devices()[0]
         sharding = jax.sharding.SingleDeviceSharding(device)
         state, _, _ = ckpt.restore(abstract_like(abstract_state, sharding), step)
-    finally:
-        ckpt.close()
     # The checkpoint overwrites every array: skip random initialisation (dozens of small eager compiles).
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
     zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), device), abstract)
