@@ -35,15 +35,13 @@ def collect_batches(config, steps: int):
 
 
 def train(config, batches) -> tuple[list[dict], float]:
+    """The benchmark's own set-up (the training step as train.py builds it) on one device, on ``batches``."""
+    import chex
     import jax
+    import throughput
 
-    from ugatit_jax import trainer
-    from ugatit_jax.train_state import create_train_state
-
-    model = trainer.build_model(config)
-    g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, state = create_train_state(model, g_tx, d_tx)
-    step = jax.jit(trainer.make_step(config, graphdefs, g_tx, d_tx), donate_argnums=(0,))
+    chex.clear_trace_counter()  # one step per dtype in this process; each is traced once
+    _, state, step, _ = throughput.setup(config, 1)
     history = []
     t0 = time.perf_counter()
     for batch in batches:
