@@ -104,36 +104,42 @@ class OfficialStep:
     def _g_adv(self, fake):
         return self.mse(fake, self.torch.ones_like(fake))
 
+    def _d_loss(self, dis_x, real_x, fake_x):
+        """The official d_loss_X: X's global and local discriminators, each on real X (-> 1), then on the
+        translations into X (-> 0), outputs and CAM logits."""
+        total = 0.0
+        for dis in dis_x:
+            real_out, real_cam, _ = dis(real_x)
+            fake_out, fake_cam, _ = dis(fake_x)
+            total = total + self._d_adv(real_out, fake_out) + self._d_adv(real_cam, fake_cam)
+        return self.c.adv_weight * total
+
+    def _g_loss(self, real_x, fake_x, fake_x_cam, fake_y, to_x, dis_x):
+        """The official g_loss_X, from the translations already made: ``fake_x`` (into X) judged by X's
+        discriminators, the cycle ``to_x(fake_y)`` and the identity ``to_x(real_x)``, and the CAM term."""
+        c, ones, zeros = self.c, self.torch.ones_like, self.torch.zeros_like
+        cycle_x, _, _ = to_x(fake_y)
+        identity_x, identity_cam, _ = to_x(real_x)
+        adv = sum(self._g_adv(t) for dis in dis_x for t in dis(fake_x)[:2])
+        cam = self.bce(fake_x_cam, ones(fake_x_cam)) + self.bce(identity_cam, zeros(identity_cam))
+        return (
+            c.adv_weight * adv
+            + c.cycle_weight * self.l1(cycle_x, real_x)
+            + c.identity_weight * self.l1(identity_x, real_x)
+            + c.cam_weight * cam
+        )
+
     def __call__(self, real_A, real_B) -> tuple[float, float]:
-        """One step of the official loop; returns (D loss, G loss)."""
-        torch, c = self.torch, self.c
+        """One step of the official loop; returns (D loss, G loss). Every network runs as often as there, and each
+        discriminator sees its inputs in the official order (its power iteration advances once per call)."""
+        dis_A, dis_B = (self.disGA, self.disLA), (self.disGB, self.disLB)
         # Update D.
         self.D_optim.zero_grad()
         fake_A2B, _, _ = self.genA2B(real_A)
         fake_B2A, _, _ = self.genB2A(real_B)
         if self.detach:
             fake_A2B, fake_B2A = fake_A2B.detach(), fake_B2A.detach()
-        real_GA, real_GA_cam, _ = self.disGA(real_A)
-        real_LA, real_LA_cam, _ = self.disLA(real_A)
-        real_GB, real_GB_cam, _ = self.disGB(real_B)
-        real_LB, real_LB_cam, _ = self.disLB(real_B)
-        fake_GA, fake_GA_cam, _ = self.disGA(fake_B2A)
-        fake_LA, fake_LA_cam, _ = self.disLA(fake_B2A)
-        fake_GB, fake_GB_cam, _ = self.disGB(fake_A2B)
-        fake_LB, fake_LB_cam, _ = self.disLB(fake_A2B)
-        d_loss_A = c.adv_weight * (
-            self._d_adv(real_GA, fake_GA)
-            + self._d_adv(real_GA_cam, fake_GA_cam)
-            + self._d_adv(real_LA, fake_LA)
-            + self._d_adv(real_LA_cam, fake_LA_cam)
-        )
-        d_loss_B = c.adv_weight * (
-            self._d_adv(real_GB, fake_GB)
-            + self._d_adv(real_GB_cam, fake_GB_cam)
-            + self._d_adv(real_LB, fake_LB)
-            + self._d_adv(real_LB_cam, fake_LB_cam)
-        )
-        d_loss = d_loss_A + d_loss_B
+        d_loss = self._d_loss(dis_A, real_A, fake_B2A) + self._d_loss(dis_B, real_B, fake_A2B)
         d_loss.backward()
         self.D_optim.step()
 
@@ -141,32 +147,9 @@ class OfficialStep:
         self.G_optim.zero_grad()
         fake_A2B, fake_A2B_cam, _ = self.genA2B(real_A)
         fake_B2A, fake_B2A_cam, _ = self.genB2A(real_B)
-        fake_A2B2A, _, _ = self.genB2A(fake_A2B)
-        fake_B2A2B, _, _ = self.genA2B(fake_B2A)
-        fake_A2A, fake_A2A_cam, _ = self.genB2A(real_A)
-        fake_B2B, fake_B2B_cam, _ = self.genA2B(real_B)
-        fake_GA, fake_GA_cam, _ = self.disGA(fake_B2A)
-        fake_LA, fake_LA_cam, _ = self.disLA(fake_B2A)
-        fake_GB, fake_GB_cam, _ = self.disGB(fake_A2B)
-        fake_LB, fake_LB_cam, _ = self.disLB(fake_A2B)
-        ones, zeros = torch.ones_like, torch.zeros_like
-        cam_A = self.bce(fake_B2A_cam, ones(fake_B2A_cam)) + self.bce(fake_A2A_cam, zeros(fake_A2A_cam))
-        cam_B = self.bce(fake_A2B_cam, ones(fake_A2B_cam)) + self.bce(fake_B2B_cam, zeros(fake_B2B_cam))
-        g_loss_A = (
-            c.adv_weight
-            * (self._g_adv(fake_GA) + self._g_adv(fake_GA_cam) + self._g_adv(fake_LA) + self._g_adv(fake_LA_cam))
-            + c.cycle_weight * self.l1(fake_A2B2A, real_A)
-            + c.identity_weight * self.l1(fake_A2A, real_A)
-            + c.cam_weight * cam_A
+        g_loss = self._g_loss(real_A, fake_B2A, fake_B2A_cam, fake_A2B, self.genB2A, dis_A) + self._g_loss(
+            real_B, fake_A2B, fake_A2B_cam, fake_B2A, self.genA2B, dis_B
         )
-        g_loss_B = (
-            c.adv_weight
-            * (self._g_adv(fake_GB) + self._g_adv(fake_GB_cam) + self._g_adv(fake_LB) + self._g_adv(fake_LB_cam))
-            + c.cycle_weight * self.l1(fake_B2A2B, real_B)
-            + c.identity_weight * self.l1(fake_B2B, real_B)
-            + c.cam_weight * cam_B
-        )
-        g_loss = g_loss_A + g_loss_B
         g_loss.backward()
         self.G_optim.step()
 
