@@ -1,7 +1,7 @@
 """Train U-GAT-IT: ``python train.py --config configs/emoji.py --workdir runs/emoji [--config.key=value ...]``.
 
 Re-running the same command resumes from the latest checkpoint in ``--workdir``. Everything else lives in
-``ugatit_jax.trainer.train_and_evaluate``.
+``ugatit_jax.train.trainer.train_and_evaluate``.
 """
 
 import logging
@@ -37,11 +37,11 @@ def main(argv: list[str]) -> None:
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from ugatit_jax.checkpoints import CheckpointError
     from ugatit_jax.config import ConfigError
     from ugatit_jax.data import DatasetError
-    from ugatit_jax.torch_import import CheckpointMismatchError
-    from ugatit_jax.trainer import DivergedError, train_and_evaluate
+    from ugatit_jax.interop.torch_import import CheckpointMismatchError
+    from ugatit_jax.train.checkpoints import CheckpointError
+    from ugatit_jax.train.trainer import DivergedError, train_and_evaluate
 
     try:
         result = train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -116,8 +116,8 @@ def setup(config, n_devices: int | None):
     """The project's own model, optimisers, state and jitted step on a mesh of ``n_devices`` devices."""
     import jax
 
-    from ugatit_jax import parallel, trainer
-    from ugatit_jax.train_state import create_train_state
+    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train.state import create_train_state
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     if config.batch_size % len(devices):
@@ -137,8 +137,8 @@ def abstract_setup(config, n_devices: int | None):
     import jax.numpy as jnp
     from flax import nnx
 
-    from ugatit_jax import parallel, trainer
-    from ugatit_jax.train_state import D_NAMES, G_NAMES, TrainState, split_model
+    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState, split_model
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     mesh = parallel.make_mesh(devices)

@@ -5,6 +5,7 @@ sub-folder holding a ``config.json``), else from the copy under ``tests/golden``
 not a skip.
 """
 
+import json
 import os
 import pathlib
 
@@ -13,6 +14,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 
@@ -36,7 +38,23 @@ def golden_dirs() -> list[pathlib.Path]:
     return found
 
 
+def golden_model(folder: pathlib.Path) -> str:
+    """The family a fixture folder was made by: ``config.json``'s ``model`` ("nice"), else U-GAT-IT."""
+    return json.loads((folder / "config.json").read_text()).get("model", "ugatit")
+
+
+# Each parity test asks for the fixtures of one family: ``golden_dir`` (U-GAT-IT) or ``nice_golden_dir``.
+GOLDEN_FIXTURES = {"golden_dir": "ugatit", "nice_golden_dir": "nice"}
+
+
 def pytest_generate_tests(metafunc):
-    if "golden_dir" in metafunc.fixturenames:
-        dirs = golden_dirs()
-        metafunc.parametrize("golden_dir", dirs, ids=[d.name for d in dirs], scope="module")
+    for fixture, model in GOLDEN_FIXTURES.items():
+        if fixture in metafunc.fixturenames:
+            dirs = [d for d in golden_dirs() if golden_model(d) == model]
+            if dirs:
+                metafunc.parametrize(fixture, dirs, ids=[d.name for d in dirs], scope="module")
+            elif os.environ.get("UGATIT_GOLDEN_DIR"):  # the user's folder holds the other family only
+                skip = pytest.mark.skip(reason=f"UGATIT_GOLDEN_DIR holds no {model} fixtures")
+                metafunc.parametrize(fixture, [pytest.param(None, marks=skip)], ids=[f"no-{model}"], scope="module")
+            else:  # the project's own copy must hold both families
+                raise FileNotFoundError(f"no {model} golden fixture folders under {HERE / 'golden'}")

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ugatit_jax import torch_import
-from ugatit_jax.networks import UGATIT
+from ugatit_jax.interop import torch_import
+from ugatit_jax.models.ugatit import UGATIT
 
 # Parity tolerance. Elementwise |ours - ref| <= RTOL * |ref| + RTOL * max(1, max|ref|): the eval-mode
 # discriminators of an *untrained* checkpoint use the never-iterated random u, v, so sigma is tiny and their

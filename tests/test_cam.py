@@ -10,9 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from ugatit_jax.attention import CAMAttention
-from ugatit_jax.cam import class_activation_map, colorize_heatmap, overlay_heatmap
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.nn.attention import CAMAttention
+from ugatit_jax.nn.cam import class_activation_map, colorize_heatmap, overlay_heatmap
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 
 def leaky(x):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ugatit_jax import layers
+from ugatit_jax.nn import layers
 
 # (batch, size, kernel, stride, in, out): U-GAT-IT's kinds of convolution, small.
 SHAPES = [

@@ -15,10 +15,11 @@ import pytest
 from flax import nnx
 from tiny import save_tiny_run
 
-from ugatit_jax import evaluate, metrics, translate
+from ugatit_jax import evaluate, translate
 from ugatit_jax.data import get_source, test_transform
 from ugatit_jax.evaluate import main
-from ugatit_jax.inception import FID_WEIGHTS_FILENAME
+from ugatit_jax.evaluation import metrics
+from ugatit_jax.evaluation.inception import FID_WEIGHTS_FILENAME
 
 STEP = 2
 
@@ -41,7 +42,7 @@ def cli(run, monkeypatch):
 
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
-    from ugatit_jax.inception import InceptionV3, save_pytorch_fid_format
+    from ugatit_jax.evaluation.inception import InceptionV3, save_pytorch_fid_format
 
     path = str(tmp_path_factory.mktemp("inception") / "random_inception.pth")
     save_pytorch_fid_format(InceptionV3(rngs=nnx.Rngs(0)), path)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ugatit_jax import inception as inc
+from ugatit_jax.evaluation import inception as inc
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from ugatit_jax import metrics
+from ugatit_jax.evaluation import metrics
 
 # ----------------------------------------------------------------------------
 # KID

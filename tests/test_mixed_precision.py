@@ -14,8 +14,8 @@ from flax import nnx
 from test_benchmark import ROOT, TINY, throughput
 from tiny import tiny_config
 
-from ugatit_jax import trainer
-from ugatit_jax.norms import AdaILN, instance_layer_mix, instance_norm
+from ugatit_jax.nn.norms import AdaILN, instance_layer_mix, instance_norm
+from ugatit_jax.train import trainer
 
 STEPS = 4
 BAND = 0.05

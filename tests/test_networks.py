@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ugatit_jax.attention import CAMAttention
-from ugatit_jax.networks import UGATIT, Discriminator, Generator
-from ugatit_jax.norms import ILN, AdaILN
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
+from ugatit_jax.nn.attention import CAMAttention
+from ugatit_jax.nn.norms import ILN, AdaILN
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 B = 2
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ugatit_jax.networks import Generator
-from ugatit_jax.norms import ILN, AdaILN, clip_rho
+from ugatit_jax.models.ugatit import Generator
+from ugatit_jax.nn.norms import ILN, AdaILN, clip_rho
 
 EPS = 1e-5
 

@@ -6,9 +6,9 @@ import torch
 from flax import nnx
 from golden import DOMAIN, Golden, assert_close, nhwc
 
-from ugatit_jax import torch_import
-from ugatit_jax.networks import UGATIT
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.interop import torch_import
+from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 
 @pytest.fixture(scope="module")

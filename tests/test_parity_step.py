@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from golden import Golden, rel_error
 
-from ugatit_jax import optim, torch_import, train_state, train_step
+from ugatit_jax.interop import torch_import
+from ugatit_jax.train import optim
+from ugatit_jax.train import state as train_state
+from ugatit_jax.train import step as train_step
 
 OUTLIER_FRACTION = 1e-3
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flax import nnx
 
-from ugatit_jax.spectral_norm import PowerIterationState, SpectralNorm, l2_normalize
+from ugatit_jax.nn.spectral_norm import PowerIterationState, SpectralNorm, l2_normalize
 
 # (kind, kernel shape in our layout, stride): conv kernels are (kh, kw, in, out), dense kernels (in, out).
 LAYERS = {

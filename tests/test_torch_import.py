@@ -11,12 +11,13 @@ import pytest
 import torch
 from flax import nnx
 
-from ugatit_jax import layers, torch_import
-from ugatit_jax.networks import UGATIT
-from ugatit_jax.torch_import import CheckpointMismatchError
+from ugatit_jax.interop import torch_import
+from ugatit_jax.interop.torch_import import CheckpointMismatchError
+from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.nn import layers
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
-PACKAGE = pathlib.Path(torch_import.__file__).parent
+PACKAGE = pathlib.Path(torch_import.__file__).parent.parent  # the whole ugatit_jax package
 
 
 def tiny_model(seed=0, *, ch=2, n_res=4, img_size=16, light=False, disc=(7, 5)) -> UGATIT:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from tiny import tiny_config, tiny_flags
 
-from ugatit_jax import parallel, train_state, trainer
-from ugatit_jax.checkpoints import Checkpointer, abstract_like
+from ugatit_jax.train import parallel, trainer
+from ugatit_jax.train import state as train_state
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +150,7 @@ def test_restore_onto_another_device_count(tmp_path):
 
 def test_init_from_official_checkpoint(tmp_path):
     """--config.init_checkpoint starts from an official-format .pt: after one step every weight is within lr of it."""
-    from ugatit_jax import torch_import
+    from ugatit_jax.interop import torch_import
 
     config = tiny_config(batch_size=8, iterations=1, checkpoint_every=1)
     source_model = trainer.build_model(config, seed=123)  # a different init than the run's own seed 0

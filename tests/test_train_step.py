@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from ugatit_jax import parallel, train_state, trainer
+from ugatit_jax.train import parallel, trainer
+from ugatit_jax.train import state as train_state
 
 STEPS = 3
 

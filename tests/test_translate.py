@@ -18,12 +18,12 @@ from PIL import Image
 from tiny import save_tiny_run
 
 from ugatit_jax import translate
-from ugatit_jax.cam import overlay_heatmap
 from ugatit_jax.data.images import read_rgb
 from ugatit_jax.data.transforms import test_transform, to_uint8
+from ugatit_jax.evaluation.visualize import strip
 from ugatit_jax.inference import make_cycle_fn, make_generator_fn
+from ugatit_jax.nn.cam import overlay_heatmap
 from ugatit_jax.translate import main
-from ugatit_jax.visualize import strip
 
 STEP = 2
 
@@ -103,7 +103,7 @@ def test_output_names_stay_unique_and_inputs_are_never_overwritten(tmp_path):
 
 
 def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(run, tmp_path, capsys):
-    from ugatit_jax.torch_import import save_official_checkpoint
+    from ugatit_jax.interop.torch_import import save_official_checkpoint
 
     _, model, gens = run
     pt = tmp_path / "tiny.pt"

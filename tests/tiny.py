@@ -45,7 +45,7 @@ def random_model(config, seed: int = 0):
     import numpy as np
     from flax import nnx
 
-    from ugatit_jax.trainer import build_model
+    from ugatit_jax.train.trainer import build_model
 
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
     rng = np.random.default_rng(seed)
@@ -55,9 +55,9 @@ def random_model(config, seed: int = 0):
 
 def save_tiny_run(workdir: str, step: int = 2):
     """A run folder holding a random tiny model saved as the trainer saves at ``step``; returns (config, model)."""
-    from ugatit_jax.checkpoints import Checkpointer
-    from ugatit_jax.train_state import create_train_state
-    from ugatit_jax.trainer import make_optimizers
+    from ugatit_jax.train.checkpoints import Checkpointer
+    from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.train.trainer import make_optimizers
 
     config = tiny_config(iterations=step, xla_cache_dir="")
     model = random_model(config)

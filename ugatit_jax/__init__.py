@@ -5,11 +5,11 @@ The model pieces are importable on their own::
   from ugatit_jax import SpectralNorm, ILN, AdaILN, CAMAttention, Generator, Discriminator
 """
 
-from ugatit_jax.attention import CAMAttention
-from ugatit_jax.cam import class_activation_map, colorize_heatmap, overlay_heatmap
-from ugatit_jax.networks import UGATIT, Discriminator, Generator
-from ugatit_jax.norms import ILN, AdaILN, clip_rho
-from ugatit_jax.spectral_norm import PowerIterationState, SpectralNorm
+from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
+from ugatit_jax.nn.attention import CAMAttention
+from ugatit_jax.nn.cam import class_activation_map, colorize_heatmap, overlay_heatmap
+from ugatit_jax.nn.norms import ILN, AdaILN, clip_rho
+from ugatit_jax.nn.spectral_norm import PowerIterationState, SpectralNorm
 
 __version__ = "0.1.0"
 

@@ -40,7 +40,7 @@ INCEPTION_BATCH = 50
 
 
 def missing_weights_note() -> str:
-    from ugatit_jax.inception import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL
+    from ugatit_jax.evaluation.inception import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL
 
     return (
         f"KID/FID skipped: no Inception weights given. Download {FID_WEIGHTS_FILENAME} (pytorch-fid's release "
@@ -51,7 +51,7 @@ def missing_weights_note() -> str:
 
 def load_feature_fn(path: str, option: str):
     """Jitted Inception pool3 features from a pytorch-fid weights file; a bad path is the user's to fix."""
-    from ugatit_jax.inception import FID_WEIGHTS_FILENAME, load_pytorch_fid_weights, make_feature_fn
+    from ugatit_jax.evaluation.inception import FID_WEIGHTS_FILENAME, load_pytorch_fid_weights, make_feature_fn
 
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
@@ -83,7 +83,7 @@ def _number(x):
 
 
 def paired_scores(outputs: np.ndarray, targets: np.ndarray) -> dict:
-    from ugatit_jax import metrics
+    from ugatit_jax.evaluation import metrics
 
     scores = {"l1": _number(metrics.l1(outputs, targets)), "psnr": _number(metrics.psnr(outputs, targets))}
     # SSIM's 11x11 Gaussian window needs images at least that large.
@@ -93,8 +93,8 @@ def paired_scores(outputs: np.ndarray, targets: np.ndarray) -> dict:
 
 def evaluate(gens, source, *, feature_fn=None, kid_subset_size=1000, kid_subsets=100, batch_size=8) -> dict:
     """Every metric of the run on ``source``'s test split, as a JSON-ready dict (see the module docstring)."""
-    from ugatit_jax import metrics
-    from ugatit_jax.inception import extract_features
+    from ugatit_jax.evaluation import metrics
+    from ugatit_jax.evaluation.inception import extract_features
     from ugatit_jax.inference import make_generator_fn, translate_images
 
     size = gens.img_size

@@ -14,7 +14,7 @@ import urllib.parse
 
 import numpy as np
 
-from ugatit_jax.visualize import save_png, strip
+from ugatit_jax.evaluation.visualize import save_png, strip
 
 ROW_NAMES = (
     "input",

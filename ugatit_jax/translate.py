@@ -67,10 +67,10 @@ class Parser(argparse.ArgumentParser):
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
-    from ugatit_jax.checkpoints import CheckpointError
     from ugatit_jax.config import ConfigError
     from ugatit_jax.data import DatasetError
-    from ugatit_jax.torch_import import CheckpointMismatchError
+    from ugatit_jax.interop.torch_import import CheckpointMismatchError
+    from ugatit_jax.train.checkpoints import CheckpointError
 
     return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)
 
@@ -97,7 +97,7 @@ def split_generator(gen):
     import jax
     from flax import nnx
 
-    from ugatit_jax.spectral_norm import PowerIterationState
+    from ugatit_jax.nn.spectral_norm import PowerIterationState
 
     graphdef, params, _ = nnx.split(gen, nnx.Param, PowerIterationState)
     return graphdef, jax.device_put(nnx.as_pure(params))
@@ -112,7 +112,7 @@ def from_networks(nets, img_size: int, config=None, step=None, name: str = "mode
 
 def run_dir_or_fail(workdir: str) -> str:
     """The run folder; checked here because Orbax would silently create a mistyped one."""
-    from ugatit_jax.checkpoints import checkpoint_dir
+    from ugatit_jax.train.checkpoints import checkpoint_dir
 
     path = os.path.abspath(os.path.expanduser(workdir))
     if not os.path.isdir(checkpoint_dir(path)):
@@ -123,7 +123,7 @@ def run_dir_or_fail(workdir: str) -> str:
 
 def load_run(workdir: str, step: int | None = None) -> Generators:
     """The generators of a training run (latest checkpoint, or ``step``)."""
-    from ugatit_jax.trainer import load_trained_model
+    from ugatit_jax.train.trainer import load_trained_model
 
     path = run_dir_or_fail(workdir)
     config, model, step = load_trained_model(path, step)
@@ -135,8 +135,8 @@ def load_official(path: str, *, img_size: int, ch: int, n_res: int, light: bool)
     import jax
     from flax import nnx
 
-    from ugatit_jax.networks import Generator
-    from ugatit_jax.torch_import import CheckpointMismatchError, load_official_checkpoint
+    from ugatit_jax.interop.torch_import import CheckpointMismatchError, load_official_checkpoint
+    from ugatit_jax.models.ugatit import Generator
 
     if not os.path.isfile(path):
         raise UsageError(f"--checkpoint={path}: file not found; pass an official U-GAT-IT .pt file")
@@ -323,10 +323,10 @@ def translate_jobs(
     import jax
     from tqdm import tqdm
 
-    from ugatit_jax.cam import overlay_heatmap
     from ugatit_jax.data.transforms import to_uint8
+    from ugatit_jax.evaluation.visualize import save_png
     from ugatit_jax.inference import make_generator_fn, padded_batches
-    from ugatit_jax.visualize import save_png
+    from ugatit_jax.nn.cam import overlay_heatmap
 
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction {direction}: use A2B or B2A")

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax import layers
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.nn import layers
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 
 class CAMAttention(nnx.Module):

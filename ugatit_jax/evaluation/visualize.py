@@ -12,8 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ugatit_jax.cam import colorize_heatmap
 from ugatit_jax.data.transforms import to_uint8
+from ugatit_jax.nn.cam import colorize_heatmap
 
 TILES = ("real", "identity_heatmap", "identity", "fake_heatmap", "fake", "cycle_heatmap", "cycle")
 

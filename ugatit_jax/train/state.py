@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ugatit_jax.networks import UGATIT
-from ugatit_jax.spectral_norm import PowerIterationState
+from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.nn.spectral_norm import PowerIterationState
 
 G_NAMES = ("genA2B", "genB2A")
 D_NAMES = ("disGA", "disGB", "disLA", "disLB")

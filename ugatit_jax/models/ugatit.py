@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax import layers
-from ugatit_jax.attention import CAMAttention
-from ugatit_jax.norms import ILN, AdaILN, instance_norm
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.nn import layers
+from ugatit_jax.nn.attention import CAMAttention
+from ugatit_jax.nn.norms import ILN, AdaILN, instance_norm
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 N_DOWNSAMPLING = 2  # fixed in the official generator: features are img_size / 4 wide
 

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ugatit_jax import losses
 from ugatit_jax.data.transforms import as_model_input
-from ugatit_jax.norms import clip_rho
-from ugatit_jax.spectral_norm import PowerIterationState
-from ugatit_jax.train_state import D_NAMES, G_NAMES, TrainState
+from ugatit_jax.nn.norms import clip_rho
+from ugatit_jax.nn.spectral_norm import PowerIterationState
+from ugatit_jax.train import losses
+from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState
 
 
 def interleave(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.networks import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
-from ugatit_jax.spectral_norm import SpectralNorm
+from ugatit_jax.models.ugatit import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
+from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 
 class CheckpointMismatchError(ValueError):

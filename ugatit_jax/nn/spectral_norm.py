@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax import layers
+from ugatit_jax.nn import layers
 
 
 class PowerIterationState(nnx.Variable):

@@ -22,15 +22,16 @@ import numpy as np
 from flax import nnx
 
 from ugatit_jax import data as data_lib
-from ugatit_jax import metrics as metrics_lib
-from ugatit_jax import optim, parallel, torch_import
-from ugatit_jax.checkpoints import Checkpointer, abstract_like
 from ugatit_jax.config import ConfigError, validate
+from ugatit_jax.evaluation import metrics as metrics_lib
+from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, padded_batches
-from ugatit_jax.networks import UGATIT
-from ugatit_jax.train_state import G_NAMES, TrainState, create_train_state, update_model
-from ugatit_jax.train_step import make_train_step
-from ugatit_jax.visualize import save_png, strip
+from ugatit_jax.interop import torch_import
+from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.train import optim, parallel
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+from ugatit_jax.train.state import G_NAMES, TrainState, create_train_state, update_model
+from ugatit_jax.train.step import make_train_step
 
 log = logging.getLogger("ugatit_jax")
 

@@ -1,0 +1,1 @@
+"""Evaluation: paired and distribution metrics, the Inception network for KID/FID, sample strips."""

@@ -1,0 +1,1 @@
+"""The official PyTorch releases' checkpoint formats, read and written without unpickling code."""

@@ -1,0 +1,1 @@
+"""The model families built from ``ugatit_jax.nn``: U-GAT-IT (``ugatit``)."""

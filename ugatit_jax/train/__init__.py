@@ -1,0 +1,1 @@
+"""Training: losses, optimisers, the train state, the pure jitted step, parallelism, checkpoints, the loop."""
