@@ -135,6 +135,16 @@ def test_restore_refuses_a_state_from_another_pipeline():
         _iterator(_source(n_a=13)).set_state(state)
     with pytest.raises(DatasetError, match="version"):
         _iterator(_source()).set_state({"step": 3})
+    with pytest.raises(DatasetError, match="crop_margin"):
+        _iterator(_source(), crop_margin=8).set_state(state)
+
+
+def test_a_position_saved_before_crop_margin_existed_restores_with_the_official_margin():
+    old = _iterator(_source()).get_state()
+    del old["crop_margin"]
+    _iterator(_source()).set_state(old)
+    with pytest.raises(DatasetError, match="crop_margin"):
+        _iterator(_source(), crop_margin=8).set_state(old)
 
 
 def test_two_hosts_get_disjoint_halves_of_the_global_batch():

@@ -17,17 +17,21 @@ def _resized(image, size):
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def test_train_transform_is_flip_then_resize_then_crop():
+@pytest.mark.parametrize("margin", [None, 8, 0])
+def test_train_transform_is_flip_then_resize_then_crop(margin):
+    """The official order; ``crop_margin`` (default: the official 30 px) sets the resize before the crop."""
     image, size = _image(), 16
-    resized = _resized(image, size + CROP_MARGIN)
-    flipped = _resized(image[:, ::-1], size + CROP_MARGIN)
+    m = CROP_MARGIN if margin is None else margin
+    resized = _resized(image, size + m)
+    flipped = _resized(image[:, ::-1], size + m)
     seen_flip = {False: 0, True: 0}
     for seed in range(40):
-        out = train_transform(image, np.random.default_rng(seed), size)
+        kwargs = {} if margin is None else {"crop_margin": margin}
+        out = train_transform(image, np.random.default_rng(seed), size, **kwargs)
         assert out.shape == (size, size, 3) and out.dtype == np.uint8
         rng = np.random.default_rng(seed)  # same draws, same order as the transform
         flip = rng.random() < 0.5
-        top, left = rng.integers(0, CROP_MARGIN + 1, size=2)
+        top, left = rng.integers(0, m + 1, size=2)
         expected = (flipped if flip else resized)[top : top + size, left : left + size]
         np.testing.assert_array_equal(out, expected)
         seen_flip[bool(flip)] += 1

@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "folder"  # "emoji" (embedded), "folder" (root/{trainA,...,testB}), "tfds", "synthetic"
     c.dataset_dir = ""  # folder root; emoji cache dir ("" = ~/.cache/ugatit_jax/emoji); TFDS data_dir
     c.tfds_name = ""  # e.g. "cycle_gan/horse2zebra" when dataset == "tfds"
+    c.crop_margin = 30  # train augmentation: resize to img_size + crop_margin, random img_size crop (official: 30)
     c.emoji_limit = 0  # build only the first N emoji (0 = all); for quick experiments
     c.num_workers = 0  # grain worker processes for decoding/augmenting (0 = in the main process)
     c.prefetch = 2  # batches kept in flight on the devices
@@ -118,6 +119,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     need(c.num_workers >= 0, "num_workers", "must be >= 0")
     need(c.prefetch >= 1, "prefetch", "must be >= 1")
     need(c.emoji_limit >= 0, "emoji_limit", "must be >= 0")
+    need(c.crop_margin >= 0, "crop_margin", "must be >= 0 (0 = resize only, no random crop)")
     need(
         not c.init_checkpoint or os.path.isfile(os.path.expanduser(c.init_checkpoint)),
         "init_checkpoint",

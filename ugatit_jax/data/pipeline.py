@@ -21,11 +21,11 @@ import numpy as np
 
 from ugatit_jax.data.errors import DatasetError, UnreadableImageWarning
 from ugatit_jax.data.source import SplitSource, UnpairedSource
-from ugatit_jax.data.transforms import test_transform, train_transform
+from ugatit_jax.data.transforms import CROP_MARGIN, test_transform, train_transform
 
 STATE_VERSION = 1
 # Fields of the state that must match for a restore to mean the same sequence.
-_IDENTITY = ("seed", "img_size", "global_batch_size", "process_index", "process_count", "sizes")
+_IDENTITY = ("seed", "img_size", "crop_margin", "global_batch_size", "process_index", "process_count", "sizes")
 
 
 def derive_seed(seed: int, *tags: int) -> int:
@@ -59,9 +59,9 @@ class _WithSkips:
         return self.split.load_or_next(index)
 
 
-def _augment(item, rng: np.random.Generator, img_size: int):
+def _augment(item, rng: np.random.Generator, img_size: int, crop_margin: int):
     image, skipped = item
-    return train_transform(image, rng, img_size), skipped
+    return train_transform(image, rng, img_size, crop_margin), skipped
 
 
 def _collate(elements) -> dict:
@@ -86,6 +86,7 @@ class TrainIterator(Iterator):
         img_size: int,
         global_batch_size: int,
         seed: int,
+        crop_margin: int = CROP_MARGIN,
         num_workers: int = 0,
         num_threads: int = 0,
         process_index: int,
@@ -93,6 +94,8 @@ class TrainIterator(Iterator):
     ):
         if img_size <= 0:
             raise DatasetError(f"img_size must be positive, got {img_size}")
+        if crop_margin < 0:
+            raise DatasetError(f"crop_margin must be >= 0, got {crop_margin}")
         if seed < 0:
             raise DatasetError(f"seed must be a non-negative integer, got {seed}")
         if num_workers < 0 or num_threads < 0:
@@ -117,6 +120,7 @@ class TrainIterator(Iterator):
         self._identity = {
             "seed": int(seed),
             "img_size": int(img_size),
+            "crop_margin": int(crop_margin),
             "global_batch_size": int(global_batch_size),
             "process_index": int(process_index),
             "process_count": int(process_count),
@@ -130,7 +134,9 @@ class TrainIterator(Iterator):
         dataset = grain.MapDataset.source(_WithSkips(split))[host::hosts]
         # Seeds differ per domain (independent orders) and per host (no shared crops).
         dataset = dataset.shuffle(seed=derive_seed(seed, host, domain, 0))
-        augment = functools.partial(_augment, img_size=self._identity["img_size"])
+        augment = functools.partial(
+            _augment, img_size=self._identity["img_size"], crop_margin=self._identity["crop_margin"]
+        )
         dataset = dataset.random_map(augment, seed=derive_seed(seed, host, domain, 1))
         return dataset.repeat()  # reseeds shuffle and augmentation every epoch
 
@@ -172,12 +178,13 @@ class TrainIterator(Iterator):
         """Continues after the batch at which ``state`` was taken (worker count may differ)."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "step" not in state:
             raise DatasetError(f"not a training data state of version {STATE_VERSION}: {state!r}")
+        state = {"crop_margin": CROP_MARGIN, **state}  # saved before crop_margin existed: the official margin
         different = {k: (state.get(k), self._identity[k]) for k in _IDENTITY if state.get(k) != self._identity[k]}
         if different:
             details = ", ".join(f"{k}: saved {saved!r} vs now {now!r}" for k, (saved, now) in different.items())
             raise DatasetError(
                 f"the saved data position belongs to a different pipeline ({details}); "
-                "restore with the same dataset, seed, image size, batch size and host layout"
+                "restore with the same dataset, seed, image size, crop margin, batch size and host layout"
             )
         self.close()
         self._step = int(state["step"])
@@ -203,6 +210,7 @@ def make_train_iterator(
     img_size: int,
     global_batch_size: int,
     seed: int,
+    crop_margin: int = CROP_MARGIN,
     num_workers: int = 0,
     num_threads: int = 0,
     process_index: int | None = None,
@@ -225,6 +233,7 @@ def make_train_iterator(
         img_size=img_size,
         global_batch_size=global_batch_size,
         seed=seed,
+        crop_margin=crop_margin,
         num_workers=num_workers,
         num_threads=num_threads,
         process_index=process_index,

@@ -271,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         img_size=config.img_size,
         global_batch_size=config.batch_size,
         seed=config.seed,
+        crop_margin=config.crop_margin,
         num_workers=config.num_workers,
     )
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
