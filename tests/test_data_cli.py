@@ -1,5 +1,6 @@
 """``python -m ugatit_jax.data`` and ``get_source``: counts, pairs, builds, benchmark, errors."""
 
+import glob
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from ugatit_jax.data import DatasetError, get_source
+from ugatit_jax.data import DatasetError, emoji, get_source
 from ugatit_jax.data.__main__ import main
 
 
@@ -19,6 +20,7 @@ def test_describe_emoji_prints_counts_and_pairs_by_code_point(tmp_path, capsys):
     assert lines[0] == "dataset: emoji"
     assert lines[2].split()[:3] == ["trainA", "A", "37"] and lines[5].split()[:3] == ["testB", "B", "3"]
     assert "test pairs: 3" in out and lines[-1] == "1f1e6 1f1e6-1f1e8 1f1e7-1f1e6"
+    assert lines[2].split()[-1] == os.path.join(cache, emoji.cache_key(40), "trainA")
     assert main(["describe", "--dataset-dir", cache, "--emoji-limit", "40", "--list-pairs"]) == 0
     assert capsys.readouterr().out.splitlines()[-3:] == [
         "1f1e6\ttestA[1]\ttestB[1]",
@@ -27,13 +29,17 @@ def test_describe_emoji_prints_counts_and_pairs_by_code_point(tmp_path, capsys):
     ]
 
 
-def test_build_builds_once(tmp_path, capsys):
+def test_build_builds_once_and_force_keeps_the_old_build(tmp_path, capsys):
     cache = str(tmp_path / "emoji")
+    folder = os.path.join(cache, emoji.cache_key(24))
     assert main(["build", "--dataset", "emoji", "--dataset-dir", cache, "--emoji-limit", "24"]) == 0
-    assert "built emoji dataset" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith(f"built emoji dataset in {folder} in ")
     assert main(["build", "--dataset", "emoji", "--dataset-dir", cache, "--emoji-limit", "24"]) == 0
     out = capsys.readouterr().out
-    assert not out.startswith("built") and "trainA 22, trainB 22, testA 2, testB 2; 2 test pairs" in out
+    assert out == f"emoji dataset in {folder}: trainA 22, trainB 22, testA 2, testB 2; 2 test pairs\n"
+    assert main(["build", "--dataset-dir", cache, "--emoji-limit", "24", "--force"]) == 0
+    assert capsys.readouterr().out.startswith(f"built emoji dataset in {folder} in ")
+    assert len(glob.glob(os.path.join(cache, ".*.old-*", emoji.cache_key(24), "trainA", "*.png"))) == 22
 
 
 def test_benchmark_reports_images_per_second(tmp_path, capsys):

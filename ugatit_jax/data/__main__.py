@@ -49,20 +49,22 @@ def _describe(args) -> None:
 def _build(args) -> None:
     if args.dataset != "emoji":
         raise DatasetError(f"--dataset {args.dataset!r} cannot be built here; only 'emoji' is built locally")
-    from ugatit_jax.data.emoji import build_emoji_cache, default_cache_dir, emoji_source, is_current
+    from ugatit_jax.data.emoji import build_emoji_cache, emoji_cache_dir, emoji_source, is_intact
 
-    cache_dir = os.path.abspath(os.path.expanduser(args.dataset_dir or default_cache_dir()))
     limit = args.emoji_limit or None
-    if args.force or not is_current(cache_dir, limit):
-        manifest = build_emoji_cache(cache_dir, limit=limit, num_workers=args.num_workers)
+    folder = emoji_cache_dir(args.dataset_dir, limit)
+    if args.force or not is_intact(folder, limit):
+        folder, manifest = build_emoji_cache(
+            args.dataset_dir, limit=limit, num_workers=args.num_workers, force=args.force
+        )
         flat, failed = manifest["excluded_flat"], manifest["failed"]
         print(
-            f"built emoji dataset in {cache_dir} in {manifest['build_seconds']} s; left out {len(flat)} emoji with "
+            f"built emoji dataset in {folder} in {manifest['build_seconds']} s; left out {len(flat)} emoji with "
             f"a flat square (they destabilise instance norm) and {len(failed)} that failed to render"
         )
-    source = emoji_source(cache_dir, limit=limit)
+    source = emoji_source(args.dataset_dir, limit=limit)
     counts = ", ".join(f"{split} {count}" for split, count in source.counts().items())
-    print(f"emoji dataset in {cache_dir}: {counts}; {len(source.test_pairs)} test pairs")
+    print(f"emoji dataset in {os.path.dirname(source.train_a.location)}: {counts}; {len(source.test_pairs)} test pairs")
 
 
 def _benchmark(args) -> None:
@@ -102,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def dataset_options(command, default):
         command.add_argument("--dataset", choices=DATASETS, default=default)
-        command.add_argument("--dataset-dir", default="", help="folder root / emoji cache / TFDS data_dir")
+        command.add_argument(
+            "--dataset-dir", default="", help="folder root / emoji cache (holds one folder per build) / TFDS data_dir"
+        )
         command.add_argument("--tfds-name", default="", help="TFDS dataset, e.g. cycle_gan/horse2zebra")
         command.add_argument("--emoji-limit", type=int, default=0, help="emoji: only the first N code points")
 
@@ -113,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build the emoji dataset cache now")
     dataset_options(build, "emoji")
-    build.add_argument("--force", action="store_true", help="rebuild even if a cache exists")
+    build.add_argument(
+        "--force", action="store_true", help="rebuild even if the build exists (the old one is moved aside, kept)"
+    )
     build.add_argument("--num-workers", type=int, default=None, help="render processes (default: one per core)")
     build.set_defaults(run=_build)
 

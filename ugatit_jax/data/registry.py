@@ -16,8 +16,9 @@ def _option(config, name: str, default=None):
 def get_source(config) -> UnpairedSource:
     """Opens the dataset named by ``config.dataset``.
 
-    ``config.dataset_dir`` is the folder root for 'folder', the cache folder
-    for 'emoji' ('' = default, see ``emoji.default_cache_dir``) and the TFDS
+    ``config.dataset_dir`` is the folder root for 'folder', the folder holding
+    the emoji builds, one subfolder per limit and recipe, for 'emoji' ('' =
+    default, see ``emoji.default_cache_dir``) and the TFDS
     data_dir for 'tfds' ('' = TFDS's default); ``config.tfds_name`` names the
     TFDS dataset. An optional ``config.emoji_limit`` (0 = all) builds a small
     emoji set, for tests; 'synthetic' is a tiny in-memory toy set for smoke tests.
