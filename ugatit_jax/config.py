@@ -11,6 +11,7 @@ import os
 import ml_collections
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MODELS = ("ugatit", "nice")
 DATASETS = ("emoji", "folder", "tfds", "synthetic")
 
 
@@ -23,14 +24,20 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # Model (the official flags --ch, --n_res, --img_size, --light; discriminator depths are fixed there).
+    c.model = "ugatit"  # the family: "ugatit" (Kim et al. 2020) or "nice" (NICE-GAN, Chen et al. 2020)
     c.light = False
     c.ch = 64
     c.n_res = 4
     c.img_size = 256
     c.disc_global_layers = 7
     c.disc_local_layers = 5
+    c.n_dis = 7  # NICE-GAN only: discriminator depth (its local and global heads share the encoder)
     c.compute_dtype = "float32"  # or "bfloat16": params, optimiser state and normalisation stay float32
     c.remat = False  # recompute residual blocks in the backward pass to save memory
+    # Split parameters and both Adam states over the devices (FSDP-style: each array along its largest dimension
+    # divisible by the device count, replicated if none) instead of a full copy on every device: ~1/N of the
+    # state's memory per device for some all-gather traffic; same results. Checkpoints move freely between both.
+    c.shard_state = False
 
     # Data.
     c.dataset = "folder"  # "emoji" (embedded), "folder" (root/{trainA,...,testB}), "tfds", "synthetic"
@@ -55,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cycle_weight = 10.0
     c.identity_weight = 10.0
     c.cam_weight = 1000.0
+    c.recon_weight = 10.0  # NICE-GAN only: L1 of decoding each domain's own code (it has no identity loss)
     c.seed = 0
     c.init_checkpoint = ""  # an official PyTorch .pt to fine-tune from
 
@@ -76,10 +84,14 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
         if not ok:
             raise ConfigError(f"config.{key}={c[key]!r}: {why}")
 
+    need(c.model in MODELS, "model", f"must be one of {MODELS}")
     need(c.img_size > 0 and c.img_size % 4 == 0, "img_size", "must be a positive multiple of 4")
     need(c.ch > 0, "ch", "must be positive")
     need(c.n_res >= 0, "n_res", "must be >= 0")
-    for key in ("disc_global_layers", "disc_local_layers"):
+    # NICE-GAN's global head has n_dis - 2 stride-2 convs like a U-GAT-IT discriminator of n_dis layers.
+    depth_keys = ("disc_global_layers", "disc_local_layers") if c.model == "ugatit" else ("n_dis",)
+    need(c.model != "nice" or c.n_dis >= 6, "n_dis", "must be at least 6 (the official layer ranges need it)")
+    for key in depth_keys:
         need(c[key] >= 3, key, "must be at least 3")
         # n - 2 stride-2 convs, then two 4x4 stride-1 convs (each shrinks by 1) must leave >= 1 pixel.
         need(

@@ -2,22 +2,65 @@
 
 Saves are asynchronous (training continues while the arrays are written) and atomic: Orbax writes into a
 temporary directory and renames it when complete, so a crash or ``kill -9`` mid-save leaves the previous
-checkpoint as the latest one. Restores target the *current* mesh, so a run saved on 8 devices resumes on 1.
+checkpoint as the latest one. Restores target the *current* mesh and layout, so a run saved on 8 devices
+resumes on 1, a replicated state resumes sharded (``config.shard_state``) and the other way round, and a
+2-process checkpoint resumes in 1 process.
+
+Multi-host: every process takes part in each save and restore (Orbax writes each array shard once, from the
+process holding it; JSON items are written by process 0). Each host's data-pipeline position is gathered into
+the ``data`` item as ``{"processes": [state of process 0, ...]}`` (a single process saves its state as is), and
+``host_data_state`` hands every host its own on resume.
+
+A damaged checkpoint (unparsable metadata, truncated or missing array files) is told apart from one that does
+not fit the model: restoring the latest checkpoint moves a damaged one aside to ``checkpoints/damaged/<step>-<time>``
+(never deleting it), logs why, and resumes from the newest intact one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ugatit_jax.train import parallel
+
+log = logging.getLogger("ugatit_jax")
+
+DAMAGED_DIR = "damaged"
+# Pipeline-state fields that may differ when the host layout changes; the rest must match to continue.
+_LAYOUT_KEYS = ("process_index", "process_count")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be restored into the current run."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files are incomplete or corrupt (as opposed to one saved for another model)."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"checkpoint {step} is damaged: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def _first_line(error: BaseException) -> str:
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -29,6 +72,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self.read_only = read_only
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints in {self.directory}: is --workdir the folder of a training run?")
         options = ocp.CheckpointManagerOptions(
@@ -47,25 +91,80 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: dict | None, config: ml_collections.ConfigDict, *, force=False):
-        """Start an asynchronous save; returns at once (call ``wait`` before reading the files)."""
+        """Start an asynchronous save; returns at once (call ``wait`` before reading the files).
+
+        Every process calls it with its own ``data_state``; with several, all of them are stored.
+        """
+        data = data_state or {}
+        if jax.process_count() > 1:
+            data = {"processes": parallel.allgather_json(data)}
         return self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state or {}),
+                data=ocp.args.JsonSave(data),
                 config=ocp.args.JsonSave(json.loads(config.to_json())),
             ),
             force=force,
         )
 
     def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict]:
-        """Restore (state, data_state, config dict) onto the shardings given by ``abstract_state``.
+        """Restore (state, data item, config dict) onto the shardings given by ``abstract_state``.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (see ``abstract_like``).
+        The data item is what ``save`` stored; pass it through ``host_data_state`` for this host's position.
+        Without ``step``: the latest checkpoint, after moving any damaged newer ones aside (see the module
+        docstring). With ``step``: that one, or DamagedCheckpointError.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        if step is not None:
+            return self._restore(abstract_state, step)
+        while True:
+            step = self.latest_step()
+            if step is None:
+                damaged = os.path.join(self.directory, DAMAGED_DIR)
+                moved = f" (damaged ones were moved to {damaged})" if os.path.isdir(damaged) else ""
+                raise CheckpointError(f"no intact checkpoint in {self.directory}{moved}")
+            try:
+                return self._restore(abstract_state, step)
+            except DamagedCheckpointError as e:
+                if self.read_only:
+                    raise
+                self.move_aside(step, e.reason)
+
+    def damage(self, step: int) -> str | None:
+        """Why checkpoint ``step`` is damaged, from its metadata files alone; None if they read back."""
+        folder = os.path.join(self.directory, str(step))
+        checks = [("_CHECKPOINT_METADATA", True), ("state/_METADATA", True)]
+        checks += [(f"{item}/metadata", True) for item in ("data", "config")]
+        for name, required in checks:
+            path = os.path.join(folder, name)
+            if not os.path.exists(path):
+                if required:
+                    return f"{name} is missing"
+                continue
+            try:
+                with open(path, "rb") as f:
+                    value = json.loads(f.read().decode())
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                return f"{name} does not parse ({_first_line(e)})"
+            if name != "data/metadata" and not isinstance(value, dict):
+                return f"{name} is not a JSON object"
+        return None
+
+    def _saved_shapes(self, step: int) -> list[tuple[int, ...]]:
+        from etils import epath
+
+        path = epath.Path(os.path.join(self.directory, str(step), "state"))
+        metadata = ocp.StandardCheckpointHandler().metadata(path)
+        leaves = jax.tree.leaves(metadata, is_leaf=lambda x: hasattr(x, "shape"))
+        return sorted(tuple(leaf.shape) for leaf in leaves)
+
+    def _restore(self, abstract_state, step: int) -> tuple[Any, dict, dict]:
+        if step not in self.all_steps():
+            raise CheckpointError(f"no checkpoint {step} in {self.directory}; available: {self.all_steps()}")
+        reason = self.damage(step)
+        if reason:
+            raise DamagedCheckpointError(step, reason)
         try:
             restored = self.manager.restore(
                 step,
@@ -75,17 +174,47 @@ class Checkpointer:
                     config=ocp.args.JsonRestore(),
                 ),
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - TensorStore read errors are bare Exceptions
+            # Damage or a different model? The saved array shapes (from metadata) against the run's.
+            try:
+                saved = self._saved_shapes(step)
+            except Exception as meta_error:  # noqa: BLE001
+                raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from e
+            wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(abstract_state))
+            if saved == wanted:
+                raise DamagedCheckpointError(step, f"arrays unreadable ({_first_line(e)})") from e
             raise CheckpointError(
                 f"checkpoint {self.directory}/{step} does not fit this run's model (change the config back to the "
                 f"one saved in {self.directory}/{step}/config, or use a new --workdir): {e}"
             ) from e
         return restored.state, dict(restored.data or {}), dict(restored.config or {})
 
+    def move_aside(self, step: int, reason: str) -> str:
+        """Move damaged checkpoint ``step`` to ``damaged/<step>-<time>`` (process 0; all processes wait)."""
+        base = target = os.path.join(self.directory, DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        for i in range(1, 1000):
+            if not os.path.exists(target):
+                break
+            target = f"{base}-{i}"
+        _sync(f"ugatit_damaged_checked_{step}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        _sync(f"ugatit_damaged_moved_{step}")
+        if jax.process_index() == 0:
+            log.warning(
+                "checkpoint %d is damaged (%s): moved to %s; resuming from the newest intact one", step, reason, target
+            )
+        self.manager.reload()
+        return target
+
     def read_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        reason = self.damage(step)
+        if reason:
+            raise DamagedCheckpointError(step, reason)
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(restored.config)
 
@@ -104,5 +233,41 @@ class Checkpointer:
 
 
 def abstract_like(state, sharding) -> Any:
-    """Shape/dtype/sharding description of ``state`` for restoring onto ``sharding`` (e.g. replicated)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+    """Shape/dtype/sharding description of ``state`` for restoring onto ``sharding``: one sharding for every leaf
+    (e.g. replicated) or a pytree of them like ``state`` (e.g. ``parallel.state_shardings``)."""
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding)
+
+
+def host_data_state(saved: dict | None, current: dict) -> dict | None:
+    """This host's pipeline position from a checkpoint's data item; ``current`` is the fresh pipeline's state.
+
+    Same host layout: each host continues exactly where it was. Another number of processes (e.g. a 2-process
+    run resumed by 1): the images each host reads change by construction, so the pipeline continues at the same
+    batch count in the new layout's order (logged). Anything else (another seed, dataset, image size or global
+    batch) is returned unchanged, for the pipeline's ``set_state`` to reject with its own message.
+    """
+    if not saved:
+        return None
+    hosts = saved["processes"] if isinstance(saved.get("processes"), list) else [saved]
+    if not all(isinstance(h, dict) for h in hosts) or not any(hosts):
+        return None  # saved without a pipeline (e.g. an exported model)
+    index, count = current.get("process_index", 0), current.get("process_count", 1)
+    if len(hosts) == count and hosts[index].get("process_count", 1) == count:
+        return hosts[index]
+    first = hosts[0]
+    same = {k: v for k, v in first.items() if k not in _LAYOUT_KEYS and k != "step"}
+    if all(current.get(k) == v for k, v in same.items()) and "step" in first:
+        steps = {h.get("step") for h in hosts}
+        log.warning(
+            "the checkpoint was written by %d process(es), this run has %d: the data pipeline continues at batch %s "
+            "in this layout's order (the model state is restored exactly)",
+            len(hosts),
+            count,
+            first["step"],
+        )
+        if len(steps) > 1:
+            log.warning("the saved hosts were at different batches %s; continuing at %s", sorted(steps), first["step"])
+        return {**current, "step": first["step"]}
+    return first

@@ -8,6 +8,8 @@ pipeline's position), so an interrupted run ends with the same parameters as an 
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
 import logging
 import os
 import signal
@@ -23,13 +25,13 @@ from flax import nnx
 
 from ugatit_jax import data as data_lib
 from ugatit_jax.config import ConfigError, validate
-from ugatit_jax.evaluation import metrics as metrics_lib
+from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
-from ugatit_jax.inference import make_cycle_fn, padded_batches
+from ugatit_jax.inference import make_cycle_fn
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.train import optim, parallel
-from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.state import G_NAMES, TrainState, create_train_state, update_model
 from ugatit_jax.train.step import make_train_step
 
@@ -149,21 +151,34 @@ class SummaryWriter:
             self._writer.close()
 
 
-def _first_images(split, n: int, img_size: int) -> np.ndarray:
-    batch = next(iter(data_lib.iterate_test(split, img_size=img_size, batch_size=n)))[0]
-    return batch
+def spread_indices(n: int, k: int) -> list[int]:
+    """``min(k, n)`` indices evenly spaced over ``range(n)``, first and last included: sorted splits (the emoji test
+    split is in code point order) are then sampled across faces, objects, symbols and flags, not just the first."""
+    if n <= 0 or k <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [n // 2]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
+def _spread_images(split, n: int, img_size: int) -> np.ndarray:
+    """``n`` images spread over ``split`` (test transform); an unreadable one is replaced by the next readable."""
+    return np.stack([data_lib.test_transform(split[i], img_size) for i in spread_indices(len(split), n)])
 
 
 class Sampler:
-    """Official-style sample strips from fixed train and test images (the same ones every time)."""
+    """Official-style sample strips from fixed train and test images, the same ones at every step, spread evenly
+    over each split."""
 
     def __init__(self, config, source, graphdefs, workdir: str):
         n = config.num_samples
         self.images = {
-            ("train", "A2B"): _first_images(source.train_a, n, config.img_size),
-            ("train", "B2A"): _first_images(source.train_b, n, config.img_size),
-            ("test", "A2B"): _first_images(source.test_a, n, config.img_size),
-            ("test", "B2A"): _first_images(source.test_b, n, config.img_size),
+            ("train", "A2B"): _spread_images(source.train_a, n, config.img_size),
+            ("train", "B2A"): _spread_images(source.train_b, n, config.img_size),
+            ("test", "A2B"): _spread_images(source.test_a, n, config.img_size),
+            ("test", "B2A"): _spread_images(source.test_b, n, config.img_size),
         }
         self.fn = make_cycle_fn(graphdefs["genA2B"], graphdefs["genB2A"])
         self.dir = os.path.join(workdir, "samples")
@@ -177,46 +192,84 @@ class Sampler:
             writer.image(step, f"samples/{split}/{direction}", image)
 
 
-class PairedEvaluator:
-    """L1 / PSNR / SSIM of translations against held-out ground truth (datasets with test pairs, e.g. emoji)."""
+class RunEvaluator:
+    """The shared ``evaluation.evaluator.Evaluator`` on the train state; each record goes to
+    ``workdir/eval/step_<N>.json``, the file ``python -m ugatit_jax.evaluate`` writes for a checkpoint."""
 
-    def __init__(self, config, source, graphdefs, batch_size: int = 32):
-        self.pairs = source.test_pairs
-        self.config = config
-        self.source = source
-        self.batch_size = batch_size
-        self.fn = make_cycle_fn(graphdefs["genA2B"], graphdefs["genB2A"])
-        self._images = None
+    def __init__(self, config, source, graphdefs, workdir: str):
+        self.evaluator = Evaluator(source, config.img_size)
+        self.bind = make_translators({n: graphdefs[n] for n in G_NAMES})
+        self.workdir = workdir
 
-    def _load(self):
-        if self._images is None:
-            size = self.config.img_size
-            load = lambda split, i: data_lib.test_transform(split.load(i), size)
-            self._images = (
-                np.stack([load(self.source.test_a, ia) for _, ia, _ in self.pairs]),
-                np.stack([load(self.source.test_b, ib) for _, _, ib in self.pairs]),
-            )
-        return self._images
-
-    def __call__(self, state: TrainState) -> dict[str, float]:
-        if not self.pairs:
-            return {}
-        images_a, images_b = self._load()
+    def __call__(self, state: TrainState, step: int) -> dict:
         params = jax.device_get({n: state.params[n] for n in G_NAMES})
-        out = {}
-        for name, src, tgt, a2b, b2a in (
-            ("A2B", images_a, images_b, "genA2B", "genB2A"),
-            ("B2A", images_b, images_a, "genB2A", "genA2B"),
-        ):
-            fakes = []
-            for batch, n in padded_batches(list(src), self.batch_size):
-                fakes.append(np.asarray(self.fn(params[a2b], params[b2a], batch)["fake"][:n]))
-            fake = data_lib.to_uint8(np.concatenate(fakes))
-            out[f"eval/{name}_l1"] = float(metrics_lib.l1(fake, tgt))
-            out[f"eval/{name}_psnr"] = float(metrics_lib.psnr(fake, tgt))
-            out[f"eval/{name}_ssim"] = float(metrics_lib.ssim(fake, tgt))
-            out[f"eval/{name}_l1_input_baseline"] = float(metrics_lib.l1(src, tgt))
-        return out
+        record = self.evaluator(self.bind(params))
+        record = {"model": f"{os.path.basename(self.workdir)} step {step}", "step": step, **record}
+        write_record(record, os.path.join(self.workdir, "eval", f"step_{step}.json"))
+        return record
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def forget_after(workdir: str, step: int) -> None:
+    """Drop what a run logged past ``step`` (the restored checkpoint): lines of ``metrics.jsonl`` and
+    ``eval/step_<N>.json`` files. The resumed run logs those steps again, so curves never double back."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):
+        kept = []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    if int(json.loads(line)["step"]) <= step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    for file in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
+        with contextlib.suppress(ValueError):
+            if int(os.path.basename(file)[len("step_") : -len(".json")]) > step:
+                os.remove(file)
+
+
+def append_metrics(workdir: str, step: int, values: dict[str, float]) -> None:
+    """One JSON line per log step in ``workdir/metrics.jsonl``: the loss curves of ``python -m ugatit_jax.report``."""
+    line = json.dumps({"step": step, **{k: v for k, v in values.items() if np.isfinite(v)}})
+    with open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def latest_evaluation(workdir: str) -> dict | None:
+    """The evaluation record of the highest step in ``workdir/eval``, or None."""
+    steps = []
+    for file in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
+        with contextlib.suppress(ValueError):
+            steps.append((int(os.path.basename(file)[len("step_") : -len(".json")]), file))
+    for _, file in sorted(steps, reverse=True):
+        with contextlib.suppress(OSError, ValueError), open(file, encoding="utf-8") as f:
+            record = json.load(f)
+            if isinstance(record, dict) and "scores" in record:
+                return record
+    return None
+
+
+def finish_run(workdir: str) -> None:
+    """End of training (process 0): the latest evaluation as a table, baseline beside each number, and the run
+    report. Neither may fail the run: its checkpoints are already saved."""
+    record = latest_evaluation(workdir)
+    if record is not None:
+        log.info(
+            "evaluation at step %s (each number beside the untranslated input's):\n%s",
+            record.get("step"),
+            format_table(record, f"step {record.get('step')}: {record['dataset']} test split"),
+        )
+    try:
+        from ugatit_jax.report import write_report
+
+        log.info("run report: %s", write_report(workdir))
+    except (OSError, ValueError) as error:
+        log.warning("could not write the run report: %s", error)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -251,6 +304,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
     parallel.maybe_initialize_distributed()
     validate(config, device_count=jax.device_count())
+    parallel.check_same_config(config)  # every process, the same config (else the first collective would hang)
+    if config.shard_state and jax.process_count() > 1:
+        raise ConfigError(
+            "config.shard_state=true runs in one process for now (it may use many devices): the sampler and "
+            "evaluator read the generator parameters on each process"
+        )
     workdir = check_workdir(workdir)
     enable_compilation_cache(config.xla_cache_dir)
     is_chief = jax.process_index() == 0
@@ -264,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     g_tx, d_tx = make_optimizers(config)
     graphdefs, state = create_train_state(model, g_tx, d_tx)
     del model
-    state = parallel.replicate(state, mesh)
+    state_shardings = parallel.state_shardings(state, mesh, config.shard_state)
+    state = parallel.place_state(state, state_shardings)
 
     train_iter = data_lib.make_train_iterator(
         source,
@@ -276,17 +336,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(abstract_like(state, parallel.replicated(mesh)))
+        state, data_state, _ = ckpt.restore(abstract_like(state, state_shardings))
+        data_state = host_data_state(data_state, train_iter.get_state())
         if data_state:
             train_iter.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
     start = int(jax.device_get(state.step))
 
-    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh)
+    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=state_shardings)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
     sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
-    evaluator = PairedEvaluator(config, source, graphdefs) if config.eval_every else None
+    # Process 0 only: its numbers are the run's, and other hosts would only wait for it at the next step anyway.
+    evaluator = RunEvaluator(config, source, graphdefs, workdir) if config.eval_every and is_chief else None
+    if is_chief:
+        forget_after(workdir, start)
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
@@ -312,17 +376,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     values.update(step_time_ms=1000 * dt, images_per_sec=images_per_step / dt)
                 check_finite(step, values, ckpt)
                 writer.scalars(step, values)
+                if is_chief:
+                    append_metrics(workdir, step, values)
                 bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
                 last = values
                 t_window, steps_in_window = time.perf_counter(), 0
             if sampler and (step % config.sample_every == 0 or step == config.iterations):
                 sampler(state, step, writer)
             if evaluator and (step % config.eval_every == 0 or step == config.iterations):
-                scores = evaluator(state)
-                writer.scalars(step, scores)
-                last.update(scores)
-                if scores and is_chief:
-                    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+                record = evaluator(state, step)
+                writer.scalars(step, record["scores"])
+                last.update(record["scores"])
+                log.info(
+                    "step %d evaluated in %.1f s: %s",
+                    step,
+                    record["seconds"]["total"],
+                    ", ".join(f"{k[len('eval/') :]}={v:.3f}" for k, v in record["scores"].items() if "_input" not in k),
+                )
+                t_window, steps_in_window = time.perf_counter(), 0  # keep evaluation out of step_time_ms
             if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
                 # Never let a diverged state replace the last good checkpoint.
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -330,6 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 ckpt.save(step, state, batches.get_state(), config, force=True)
     batches.close()
     writer.close()
+    if is_chief:
+        finish_run(workdir)
     skipped = train_iter.skipped
     if skipped and is_chief:
         log.warning("%d unreadable training image(s) were skipped: %s", len(skipped), ", ".join(sorted(skipped)))
