@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from ugatit_jax.interop import torch_import
+from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
 
 # Parity tolerance. Elementwise |ours - ref| <= RTOL * |ref| + RTOL * max(1, max|ref|): the eval-mode
@@ -39,7 +40,9 @@ def rel_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected))) / denom
 
 
-class Golden:
+class _Fixture:
+    """What every fixture folder holds: config.json, io.npz (NCHW; inputs exposed NHWC) and official .pt files."""
+
     def __init__(self, folder):
         self.dir = pathlib.Path(folder)
         self.config = json.loads((self.dir / "config.json").read_text())
@@ -47,9 +50,25 @@ class Golden:
             self.io = {k: z[k] for k in z.files}
         self.real = {"A": jnp.asarray(nhwc(self.io["real_A"])), "B": jnp.asarray(nhwc(self.io["real_B"]))}
 
-    def model(self, **kw) -> UGATIT:
+    def _build(self, **kw):
+        raise NotImplementedError
+
+    def model(self, **kw):
+        """The fixture's model, loaded from ``init.pt``."""
+        model = self._build(**kw)
+        torch_import.load_official_checkpoint(model, self.dir / "init.pt")
+        return model
+
+    def read(self, name):
+        return torch_import.read_official_checkpoint(self.dir / name)
+
+
+class Golden(_Fixture):
+    """A U-GAT-IT fixture folder."""
+
+    def _build(self, **kw) -> UGATIT:
         c = self.config
-        model = UGATIT(
+        return UGATIT(
             c["ch"],
             c["n_res"],
             c["img_size"],
@@ -59,8 +78,37 @@ class Golden:
             rngs=nnx.Rngs(0),
             **kw,
         )
-        torch_import.load_official_checkpoint(model, self.dir / "init.pt")
-        return model
 
-    def read(self, name):
-        return torch_import.read_official_checkpoint(self.dir / name)
+
+class NiceGolden(_Fixture):
+    """A NICE-GAN fixture folder (``config.json`` with ``"model": "nice"``)."""
+
+    # io.npz keys per discriminator, in the order of NiceDiscOutput; each network's input domain.
+    DIS_OUTPUTS = ("out_local", "out_global", "cam_logit", "heatmap", "z")
+    DOMAIN = {"disA": "A", "disB": "B", "gen2B": "A", "gen2A": "B"}  # gen2B decodes disA's code of real A
+    ENCODER = {"gen2B": "disA", "gen2A": "disB"}
+
+    def _build(self, **kw) -> NICE:
+        c = self.config
+        return NICE(c["ch"], c["n_res"], c["n_dis"], c["img_size"], c["light"], rngs=nnx.Rngs(0), **kw)
+
+
+def step_parameter_outliers(ours: dict, ref: dict, lr: float) -> tuple[int, int]:
+    """Compare every parameter of ``after_step.pt`` (``ref``, official state dicts) with ``ours``.
+
+    Returns (elements beyond 1e-4 of their tensor's max-abs scale, all elements compared); spectral-norm vectors
+    are left out (they have their own check). Asserts the key sets match and that no element is off by more than a
+    flipped first Adam step (2 * lr), the most two float32 implementations can disagree on a gradient element
+    that is zero up to rounding.
+    """
+    total = outliers = 0
+    for name in ref:
+        assert sorted(ours[name]) == sorted(ref[name]), name
+        for key, expected in ref[name].items():
+            if key.endswith((".weight_u", ".weight_v")):
+                continue
+            diff = np.abs(ours[name][key].astype(np.float64) - expected)
+            total += diff.size
+            outliers += int(np.sum(diff > 1e-4 * max(float(np.max(np.abs(expected))), 1e-12)))
+            assert float(diff.max()) <= 2.0 * lr * 1.01, f"{name}.{key}: off by {diff.max():.3g}, more than 2 * lr"
+    return outliers, total

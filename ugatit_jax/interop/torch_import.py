@@ -1,13 +1,14 @@
-"""Import (and export) checkpoints of the official PyTorch release.
+"""Import (and export) checkpoints of the official PyTorch releases of U-GAT-IT and NICE-GAN.
 
-The official file is ``torch.save({'genA2B': sd, 'genB2A': sd, 'disGA': sd, 'disGB': sd, 'disLA': sd,
-'disLB': sd})``. Each network's keys are mapped onto our module tree by a table built from the network itself
-(so every depth/width works), with the layout changes:
+The official U-GAT-IT file is ``torch.save({'genA2B': sd, 'genB2A': sd, 'disGA': sd, 'disGB': sd, 'disLA': sd,
+'disLB': sd})``; NICE-GAN's holds ``gen2B, gen2A, disA, disB`` (plus optimiser states and ``start_iter``, which are
+not read). The networks to read are the model's ``NAMES``. Each network's keys are mapped onto our module tree by
+a table built from the network itself (so every depth/width works), with the layout changes:
 
 * conv weight (O, I, kh, kw) <-> kernel (kh, kw, I, O); linear (out, in) <-> kernel (in, out);
 * spectral norm ``weight_orig``/``weight_u``/``weight_v`` <-> raw kernel / ``u`` / ``v`` (v permuted from torch's
   (I, kh, kw) order to our (kh, kw, I) order);
-* ``rho``/``gamma``/``beta`` (1, C, 1, 1) <-> (C,);
+* ``rho``/``gamma``/``beta`` (1, C, 1, 1) <-> (C,); NICE-GAN's softmax ``rho`` (1, C, 2) <-> (C, 2);
 * the full generator's first MLP layer ``FC.0`` sees a channel-major (C, H, W) flatten in torch and a
   (H, W, C) flatten here, so its input rows are permuted.
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ugatit_jax.models.nice import NICE, NiceDiscriminator, NiceGenerator
 from ugatit_jax.models.ugatit import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
@@ -59,6 +61,14 @@ def _chan_to_ours(w):
 
 def _chan_to_torch(c):
     return jnp.reshape(c, (1, -1, 1, 1))
+
+
+def _rho_pair_to_ours(w):
+    return jnp.reshape(w, (-1, 2))  # (1, C, 2) -> (C, 2)
+
+
+def _rho_pair_to_torch(r):
+    return jnp.reshape(r, (1, -1, 2))
 
 
 def _v_converters(kernel_shape):
@@ -100,16 +110,22 @@ def _spectral(key: str, sn: SpectralNorm) -> Iterator[Entry]:
     yield key + ".weight_v", _var(sn, "v"), v_ours, v_torch
 
 
+ILN_KEYS = ("rho", "gamma", "beta")  # an ILN's parameters; an AdaILN has rho only
+
+
 def _channels(key: str, module, names=("rho",)) -> Iterator[Entry]:
     for name in names:
-        yield f"{key}.{name}", _var(module, name), _chan_to_ours, _chan_to_torch
+        if name == "rho" and getattr(module, "softmax_rho", False):
+            yield f"{key}.rho", _var(module, "rho"), _rho_pair_to_ours, _rho_pair_to_torch
+        else:
+            yield f"{key}.{name}", _var(module, name), _chan_to_ours, _chan_to_torch
 
 
-def _full_fc0_converters(gen: Generator):
-    """FC.0 of the full generator: torch input index c*h*w + i*w + j, ours (i*w + j)*C + c."""
-    feat = gen.img_size // 2**N_DOWNSAMPLING
-    dim = gen.fc1.kernel.shape[1]
-    chans = gen.cam.conv1x1.kernel.shape[-1]
+def _full_fc0(key: str, fc1: nnx.Linear, img_size: int) -> Iterator[Entry]:
+    """FC.0 of a full generator (either family): torch input index c*h*w + i*w + j, ours (i*w + j)*C + c."""
+    feat = img_size // 2**N_DOWNSAMPLING
+    dim = fc1.kernel.shape[1]
+    chans = fc1.kernel.shape[0] // (feat * feat)
 
     def to_ours(w):  # (dim, C*h*w) -> (h*w*C, dim)
         return jnp.reshape(jnp.transpose(jnp.reshape(w, (dim, chans, feat, feat)), (2, 3, 1, 0)), (-1, dim))
@@ -117,7 +133,26 @@ def _full_fc0_converters(gen: Generator):
     def to_torch(k):  # (h*w*C, dim) -> (dim, C*h*w)
         return jnp.reshape(jnp.transpose(jnp.reshape(k, (feat, feat, chans, dim)), (3, 2, 0, 1)), (dim, -1))
 
-    return to_ours, to_torch
+    yield key + ".weight", _var(fc1, "kernel"), to_ours, to_torch
+
+
+def _gen_mlp(gen) -> Iterator[Entry]:
+    """The gamma/beta MLP, the same keys in both families."""
+    if gen.light:
+        yield from _plain("FC.0", gen.fc1)
+    else:
+        yield from _full_fc0("FC.0", gen.fc1, gen.img_size)
+    yield from _plain("FC.2", gen.fc2)
+    yield from _plain("gamma", gen.gamma)
+    yield from _plain("beta", gen.beta)
+
+
+def _adailn_blocks(gen) -> Iterator[Entry]:
+    for i, block in enumerate(gen.adailn_blocks):
+        yield from _plain(f"UpBlock1_{i + 1}.conv1", block.conv1)
+        yield from _channels(f"UpBlock1_{i + 1}.norm1", block.norm1)
+        yield from _plain(f"UpBlock1_{i + 1}.conv2", block.conv2)
+        yield from _channels(f"UpBlock1_{i + 1}.norm2", block.norm2)
 
 
 def generator_entries(gen: Generator) -> Iterator[Entry]:
@@ -132,22 +167,11 @@ def generator_entries(gen: Generator) -> Iterator[Entry]:
     yield from _plain("gap_fc", gen.cam.gap_fc)
     yield from _plain("gmp_fc", gen.cam.gmp_fc)
     yield from _plain("conv1x1", gen.cam.conv1x1)
-    if gen.light:
-        yield from _plain("FC.0", gen.fc1)
-    else:
-        to_ours, to_torch = _full_fc0_converters(gen)
-        yield "FC.0.weight", _var(gen.fc1, "kernel"), to_ours, to_torch
-    yield from _plain("FC.2", gen.fc2)
-    yield from _plain("gamma", gen.gamma)
-    yield from _plain("beta", gen.beta)
-    for i, block in enumerate(gen.adailn_blocks):
-        yield from _plain(f"UpBlock1_{i + 1}.conv1", block.conv1)
-        yield from _channels(f"UpBlock1_{i + 1}.norm1", block.norm1)
-        yield from _plain(f"UpBlock1_{i + 1}.conv2", block.conv2)
-        yield from _channels(f"UpBlock1_{i + 1}.norm2", block.norm2)
+    yield from _gen_mlp(gen)
+    yield from _adailn_blocks(gen)
     for i, up in enumerate(gen.up):
         yield from _plain(f"UpBlock2.{2 + 5 * i}", up.conv)
-        yield from _channels(f"UpBlock2.{3 + 5 * i}", up.norm, ("rho", "gamma", "beta"))
+        yield from _channels(f"UpBlock2.{3 + 5 * i}", up.norm, ILN_KEYS)
     yield from _plain(f"UpBlock2.{1 + 5 * len(gen.up)}", gen.to_rgb)
 
 
@@ -160,12 +184,52 @@ def discriminator_entries(dis: Discriminator) -> Iterator[Entry]:
     yield from _spectral("conv", dis.classifier)
 
 
+def nice_generator_entries(gen: NiceGenerator) -> Iterator[Entry]:
+    """NICE-GAN's ResnetGenerator: UpBlock0 (pad, conv, ILN, ReLU), FC, gamma/beta, UpBlock1_*, and UpBlock2, an
+    nn.Sequential of 8 modules per up-sampling (pad, conv, ILN, ReLU, conv1x1, PixelShuffle, ILN, ReLU)."""
+    yield from _plain("UpBlock0.1", gen.stem)
+    yield from _channels("UpBlock0.2", gen.stem_norm, ILN_KEYS)
+    yield from _gen_mlp(gen)
+    yield from _adailn_blocks(gen)
+    for i, up in enumerate(gen.up):
+        yield from _plain(f"UpBlock2.{1 + 8 * i}", up.conv)
+        yield from _channels(f"UpBlock2.{2 + 8 * i}", up.norm, ILN_KEYS)
+        yield from _plain(f"UpBlock2.{4 + 8 * i}", up.expand)
+        yield from _channels(f"UpBlock2.{6 + 8 * i}", up.shuffled_norm, ILN_KEYS)
+    yield from _plain(f"UpBlock2.{1 + 8 * len(gen.up)}", gen.to_rgb)
+
+
+def nice_discriminator_entries(dis: NiceDiscriminator) -> Iterator[Entry]:
+    """NICE-GAN's Discriminator: nn.Sequentials of (pad, SN conv, LeakyReLU), so convs sit at indices 1, 4, ..."""
+    for i, conv in enumerate(dis.encoder):
+        yield from _spectral(f"model.{1 + 3 * i}", conv)
+    yield from _spectral("fc", dis.cam.fc)
+    yield from _plain("conv1x1", dis.cam.conv1x1)
+    yield "lamda", _var(dis.cam, "lamda"), _identity, _identity
+    for i, conv in enumerate(dis.shared):
+        yield from _spectral(f"Dis0_0.{1 + 3 * i}", conv)
+    yield from _spectral("Dis0_1.1", dis.local_conv)
+    yield from _spectral("conv0", dis.local_out)
+    for i, conv in enumerate(dis.global_down):
+        yield from _spectral(f"Dis1_0.{1 + 3 * i}", conv)
+    yield from _spectral("Dis1_1.1", dis.global_conv)
+    yield from _spectral("conv1", dis.global_out)
+
+
+_ENTRIES = {
+    Generator: generator_entries,
+    Discriminator: discriminator_entries,
+    NiceGenerator: nice_generator_entries,
+    NiceDiscriminator: nice_discriminator_entries,
+}
+
+
 def network_entries(net) -> list[Entry]:
-    if isinstance(net, Generator):
-        return list(generator_entries(net))
-    if isinstance(net, Discriminator):
-        return list(discriminator_entries(net))
-    raise TypeError(f"no official key mapping for {type(net).__name__}")
+    """The key mapping of one network, chosen by its type (U-GAT-IT or NICE-GAN generator / discriminator)."""
+    entries = _ENTRIES.get(type(net))
+    if entries is None:
+        raise TypeError(f"no official key mapping for {type(net).__name__}")
+    return list(entries(net))
 
 
 def load_state_dict(net, state_dict: dict, *, prefix: str = "") -> None:
@@ -179,7 +243,7 @@ def load_state_dict(net, state_dict: dict, *, prefix: str = "") -> None:
     if unexpected:
         raise CheckpointMismatchError(
             f"unexpected key {prefix}{unexpected[0]} ({len(unexpected)} unexpected in all): the checkpoint was made "
-            "with a different architecture (ch, n_res, light, img_size or discriminator depth)"
+            "with a different architecture or model family (ch, n_res, light, img_size or discriminator depth)"
         )
     for key, get_var, to_ours, to_torch in entries:
         var = get_var()
@@ -236,13 +300,18 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, dict[str, np.
         raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found {type(raw).__name__}")
     out = {}
     for name, sd in raw.items():
-        if isinstance(sd, dict):
-            out[name] = {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+        # Only state dicts of tensors: NICE-GAN's file also holds optimiser states (nested dicts and lists, no
+        # tensor at the top level) and the int ``start_iter``, which are skipped.
+        tensors = {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")} if isinstance(sd, dict) else {}
+        if tensors:
+            out[name] = tensors
     return out
 
 
-def load_official_checkpoint(model: UGATIT, path_or_dicts, networks=UGATIT.NAMES) -> None:
-    """Load the six networks (or the subset ``networks``) of an official checkpoint into ``model`` in place."""
+def load_official_checkpoint(model: UGATIT | NICE, path_or_dicts, networks=None) -> None:
+    """Load every network of ``model`` (its ``NAMES``), or the subset ``networks``, from an official checkpoint
+    into ``model`` in place."""
+    networks = type(model).NAMES if networks is None else networks
     dicts = path_or_dicts
     if not isinstance(dicts, dict):
         dicts = read_official_checkpoint(path_or_dicts)
@@ -252,12 +321,13 @@ def load_official_checkpoint(model: UGATIT, path_or_dicts, networks=UGATIT.NAMES
         load_state_dict(getattr(model, name), dicts[name], prefix=f"{name}.")
 
 
-def official_state_dicts(model: UGATIT) -> dict[str, dict[str, np.ndarray]]:
-    return {name: state_dict(getattr(model, name)) for name in UGATIT.NAMES}
+def official_state_dicts(model: UGATIT | NICE) -> dict[str, dict[str, np.ndarray]]:
+    return {name: state_dict(getattr(model, name)) for name in type(model).NAMES}
 
 
-def save_official_checkpoint(model: UGATIT, path: str | os.PathLike) -> None:
-    """Write ``model`` in the official format, loadable by the PyTorch release's ``UGATIT.load``."""
+def save_official_checkpoint(model: UGATIT | NICE, path: str | os.PathLike) -> None:
+    """Write ``model`` in the official format of its family, loadable by that release's ``load`` (the network
+    state dicts only: a NICE-GAN file written here has no optimiser states or ``start_iter``)."""
     torch = _import_torch()
     dicts = {
         name: {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}

@@ -178,6 +178,9 @@ class Discriminator(nnx.Module):
 class UGATIT(nnx.Module):
     """The six networks of U-GAT-IT: two generators, global and local discriminators for both domains."""
 
+    # Which networks the generator and the discriminator optimisers hold (the training state reads these).
+    GENERATORS = ("genA2B", "genB2A")
+    DISCRIMINATORS = ("disGA", "disGB", "disLA", "disLB")
     NAMES = ("genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB")
 
     def __init__(
