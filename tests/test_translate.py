@@ -147,7 +147,7 @@ def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, caps
 
 
 def test_index_escapes_and_quotes_names(tmp_path):
-    from ugatit_jax import report
+    from ugatit_jax.evaluation import test_strips as report
 
     path = report.write_index(str(tmp_path), "t<1>", [("A2B", "A → B", [("A2B/a b&<c>.png", "a b&<c>")])])
     page = open(path, encoding="utf-8").read()

@@ -398,8 +398,8 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
     import jax
     from tqdm import tqdm
 
-    from ugatit_jax import report
     from ugatit_jax.data import iterate_test
+    from ugatit_jax.evaluation import test_strips
     from ugatit_jax.inference import make_cycle_fn, padded_batches
 
     if batch_size <= 0:
@@ -421,7 +421,7 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
         for real, keys in batches:
             arr, n = next(padded_batches(list(real), batch))
             outputs = jax.device_get(fn(params[to], params[back], arr))
-            written = report.save_strips(report.column_strips(outputs, n), keys, output, direction)
+            written = test_strips.save_strips(test_strips.column_strips(outputs, n), keys, output, direction)
             images += list(zip(written, keys))
             bar.update(n)
         skipped += batches.skipped
@@ -431,7 +431,7 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
     notes = []
     if skipped:
         notes.append(f"{len(skipped)} unreadable test image(s) left out: {', '.join(skipped)}")
-    index = report.write_index(output, f"U-GAT-IT test split: {gens.name}", sections, notes)
+    index = test_strips.write_index(output, f"U-GAT-IT test split: {gens.name}", sections, notes)
     return {"index": index, "counts": counts, "skipped": skipped}
 
 

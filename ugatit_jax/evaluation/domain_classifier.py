@@ -225,7 +225,7 @@ def load_train_images(split, size: int = SOURCE_SIZE, limit: int = MAX_IMAGES_PE
     return np.stack([test_transform(split[i], size) for i in _evenly_spaced(len(split), limit)])
 
 
-def train_classifier(images_a: np.ndarray, images_b: np.ndarray, *, steps: int = STEPS, seed: int = SEED):
+def train_classifier(images_a: np.ndarray, images_b: np.ndarray, *, steps: int, seed: int = SEED):
     """(classifier, final training loss) on uint8 (N, H, W, 3) images of each domain; deterministic given seed.
 
     Each step draws BATCH_PER_DOMAIN images of each domain (numpy RNG) and augments them on the device.
@@ -259,12 +259,13 @@ def train_classifier(images_a: np.ndarray, images_b: np.ndarray, *, steps: int =
     return nnx.merge(graphdef, params), float(loss)
 
 
-def load_or_train(source, cache_dir: str | None = None, *, steps: int = STEPS) -> tuple[DomainClassifier, dict]:
+def load_or_train(source, cache_dir: str | None = None, *, steps: int | None = None) -> tuple[DomainClassifier, dict]:
     """The dataset's cached classifier, training and caching it on the training splits first if needed.
 
     Returns (classifier, info); info has the cache key and path, whether it was trained now, the training time
-    and image counts. ``steps`` other than the recipe's (tests) is part of the key.
+    and image counts. ``steps`` other than the recipe's STEPS (tests) is part of the key.
     """
+    steps = STEPS if steps is None else steps
     key = classifier_key(source) if steps == STEPS else f"{classifier_key(source)}-steps{steps}"
     path = os.path.join(os.path.expanduser(cache_dir or cache_root()), key, WEIGHTS_FILE)
     loaded = load_weights(path)
