@@ -4,11 +4,15 @@ None of the official code lives in this repository: ``networks.py`` (ResnetGener
 imported at run time from the directory the user names. The step itself is written here following the official
 ``UGATIT.train`` loop: D update (fakes *not* detached, so the D loss backpropagates into both generators, as the
 official code does), G update, rho clip; ``torch.optim.Adam(lr, betas=(0.5, 0.999), weight_decay)`` for both.
-torch is optional and imported lazily.
+It runs on the CPU or a CUDA device (``device``; there ``torch.backends.cudnn.benchmark`` is on, as a user timing
+it would set), in float32 or under ``torch.autocast(dtype=torch.bfloat16)`` (``autocast``): the same networks,
+losses and order of calls either way, only the precision of autocast's operations differs. torch is optional and
+imported lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -64,9 +68,27 @@ def import_official(path: str | os.PathLike) -> types.ModuleType:
 class OfficialStep:
     """The six official networks, their two Adam optimisers and one training step, at our config's sizes."""
 
-    def __init__(self, networks: types.ModuleType, config, *, threads: int | None = None, detach: bool = False):
+    def __init__(
+        self,
+        networks: types.ModuleType,
+        config,
+        *,
+        threads: int | None = None,
+        detach: bool = False,
+        device: str = "cpu",
+        autocast: str | None = None,
+        cudnn_benchmark: bool = True,
+    ):
         torch = self.torch = import_torch()
         torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise SystemExit(f"--torch-device {device}: this PyTorch ({torch.__version__}) sees no CUDA device")
+            torch.backends.cudnn.benchmark = cudnn_benchmark  # autotuned cuDNN algorithms, as a GPU user runs it
+        if autocast not in (None, "bfloat16"):
+            raise ValueError(f"autocast={autocast!r}: only bfloat16 (float16 would need a GradScaler)")
+        self.autocast_dtype = torch.bfloat16 if autocast else None
         torch.manual_seed(config.seed)
         c = config
         gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
@@ -77,6 +99,7 @@ class OfficialStep:
         self.disLB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
         nets = (self.genA2B, self.genB2A, self.disGA, self.disGB, self.disLA, self.disLB)
         for net in nets:
+            net.to(self.device)  # before the optimisers are built: their state lives beside the parameters
             net.train()
         adam = lambda params: torch.optim.Adam(
             params, lr=c.lr, betas=(c.adam_b1, c.adam_b2), eps=c.adam_eps, weight_decay=c.weight_decay
@@ -93,9 +116,22 @@ class OfficialStep:
         self.detach = detach  # not official: skips the D loss's wasted backward pass through the generators
 
     def random_batch(self, seed: int):
+        """Two [-1, 1] NCHW batches, drawn on the CPU (the same numbers on every device), placed on ``device``."""
         g = self.torch.Generator().manual_seed(seed)
         shape = (self.c.batch_size, 3, self.c.img_size, self.c.img_size)
-        return tuple(self.torch.rand(shape, generator=g) * 2 - 1 for _ in range(2))
+        return tuple((self.torch.rand(shape, generator=g) * 2 - 1).to(self.device) for _ in range(2))
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def _autocast(self):
+        """Forward passes and losses under autocast (backward outside it, as PyTorch recommends); a no-op context
+        in float32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return self.torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _d_adv(self, real, fake):
         torch = self.torch
@@ -133,23 +169,26 @@ class OfficialStep:
         """One step of the official loop; returns (D loss, G loss). Every network runs as often as there, and each
         discriminator sees its inputs in the official order (its power iteration advances once per call)."""
         dis_A, dis_B = (self.disGA, self.disLA), (self.disGB, self.disLB)
+        real_A, real_B = real_A.to(self.device), real_B.to(self.device)  # no copy when already there
         # Update D.
         self.D_optim.zero_grad()
-        fake_A2B, _, _ = self.genA2B(real_A)
-        fake_B2A, _, _ = self.genB2A(real_B)
-        if self.detach:
-            fake_A2B, fake_B2A = fake_A2B.detach(), fake_B2A.detach()
-        d_loss = self._d_loss(dis_A, real_A, fake_B2A) + self._d_loss(dis_B, real_B, fake_A2B)
+        with self._autocast():
+            fake_A2B, _, _ = self.genA2B(real_A)
+            fake_B2A, _, _ = self.genB2A(real_B)
+            if self.detach:
+                fake_A2B, fake_B2A = fake_A2B.detach(), fake_B2A.detach()
+            d_loss = self._d_loss(dis_A, real_A, fake_B2A) + self._d_loss(dis_B, real_B, fake_A2B)
         d_loss.backward()
         self.D_optim.step()
 
         # Update G.
         self.G_optim.zero_grad()
-        fake_A2B, fake_A2B_cam, _ = self.genA2B(real_A)
-        fake_B2A, fake_B2A_cam, _ = self.genB2A(real_B)
-        g_loss = self._g_loss(real_A, fake_B2A, fake_B2A_cam, fake_A2B, self.genB2A, dis_A) + self._g_loss(
-            real_B, fake_A2B, fake_A2B_cam, fake_B2A, self.genA2B, dis_B
-        )
+        with self._autocast():
+            fake_A2B, fake_A2B_cam, _ = self.genA2B(real_A)
+            fake_B2A, fake_B2A_cam, _ = self.genB2A(real_B)
+            g_loss = self._g_loss(real_A, fake_B2A, fake_B2A_cam, fake_A2B, self.genB2A, dis_A) + self._g_loss(
+                real_B, fake_A2B, fake_A2B_cam, fake_B2A, self.genA2B, dis_B
+            )
         g_loss.backward()
         self.G_optim.step()
 
