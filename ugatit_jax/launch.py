@@ -207,7 +207,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--devices-per-process", type=int, default=1, help="fake CPU devices per process")
     p.add_argument("--platforms", default="cpu", help="JAX_PLATFORMS for the children ('' = leave as is)")
     p.add_argument("--coordinator", default="", help="host:port (default: a free port on 127.0.0.1)")
-    p.add_argument("--init-timeout", type=int, default=60, help="seconds to wait for all processes to join")
+    p.add_argument("--init-timeout", type=int, default=300, help="seconds to wait for all processes to join")
     p.add_argument("--settle", type=float, default=2.0, help="seconds the others get to exit after a failure")
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     args = p.parse_args(own)

@@ -49,8 +49,9 @@ def maybe_initialize_distributed() -> None:
 
     Plain variables (what ``python -m ugatit_jax.launch`` sets, and what to set by hand on each host):
     ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; optional
-    ``UGATIT_INIT_TIMEOUT`` (seconds to wait for every process; default 300). Without them
-    ``jax.distributed.initialize()`` auto-detects SLURM, Open MPI, TPU pods and GKE. Must run before anything
+    ``UGATIT_INIT_TIMEOUT`` (seconds to wait for every process; default 300). Without them, under SLURM or
+    Open MPI with more than one task, or with ``UGATIT_DISTRIBUTED=auto`` (Cloud TPU pods, GKE),
+    ``jax.distributed.initialize()`` detects the cluster itself. Must run before anything
     touches a JAX backend. Raises DistributedError (one line, no traceback from train.py) when the processes
     cannot join within the timeout.
     """
@@ -76,6 +77,7 @@ def maybe_initialize_distributed() -> None:
         where = f"process {process_id} of {processes} via coordinator {address}"
     else:
         launchers = {"SLURM_NTASKS": "SLURM", "OMPI_COMM_WORLD_SIZE": "Open MPI", "TPU_WORKER_HOSTNAMES": "TPU pod"}
+        launchers["UGATIT_DISTRIBUTED"] = "auto-detected cluster"  # =auto: let JAX detect it (e.g. Cloud TPU)
         found = [name for var, name in launchers.items() if var in os.environ]
         if not found:
             return
