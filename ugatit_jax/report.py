@@ -29,13 +29,13 @@ PROG = "python -m ugatit_jax.report"
 REPORT_FILE = "report.html"
 # Evaluation measures plotted and tabulated, in order: (score name, heading, what "better" means).
 EVAL_MEASURES = (
-    ("target_rate", "target_rate: share the domain classifier takes for the target domain", "higher is better"),
-    ("kid_domain", "kid_domain: KID to real targets in the classifier's features", "lower is better"),
-    ("top1", "top1: own target is the nearest in content space", "higher is better"),
+    ("target_rate", "target_rate: taken for the target domain", "higher is better"),
+    ("kid_domain", "kid_domain: KID to real targets, classifier features", "lower is better"),
+    ("top1", "top1: own target nearest in content space", "higher is better"),
     ("top5", "top5: own target among the 5 nearest", "higher is better"),
-    ("l1", "l1 to the true target", "lower is better, but copying the input scores well"),
-    ("psnr", "psnr to the true target (dB)", "higher is better, but copying the input scores well"),
-    ("ssim", "ssim to the true target", "higher is better, but copying the input scores well"),
+    ("l1", "l1 to the true target", "lower is better, yet copying the input scores well"),
+    ("psnr", "psnr to the true target (dB)", "higher is better, yet copying the input scores well"),
+    ("ssim", "ssim to the true target", "higher is better, yet copying the input scores well"),
     ("kid_x100", "kid_x100 (Inception)", "lower is better"),
     ("fid", "fid (Inception)", "lower is better"),
 )
@@ -123,7 +123,7 @@ def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
-def svg_plot(series: list[dict], title: str, *, width: int = 420, height: int = 240, note: str = "") -> str:
+def svg_plot(series: list[dict], title: str, *, width: int = 440, height: int = 250, note: str = "") -> str:
     """An inline SVG line plot. Each series: ``{'label', 'x': [...], 'y': [...], 'colour', 'dashed'}``; points
     whose y is None or not finite are left out. A series with one point is drawn as a dot."""
     pts = [
@@ -132,7 +132,7 @@ def svg_plot(series: list[dict], title: str, *, width: int = 420, height: int = 
     ]
     xs = [x for p in pts for x, _ in p]
     ys = [y for p in pts for _, y in p]
-    left, right, top, bottom = 58, 12, 28, 40 + 16 * ((len(series) + 1) // 2)
+    left, right, top, bottom = 58, 12, 40 if note else 28, 40 + 16 * ((len(series) + 1) // 2)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + bottom - 40}" '
         f'viewBox="0 0 {width} {height + bottom - 40}" role="img" aria-label="{html.escape(title)}">',
@@ -177,9 +177,7 @@ def svg_plot(series: list[dict], title: str, *, width: int = 420, height: int = 
         )
         out.append(f'<text x="{lx + 27}" y="{ly}" font-size="10">{html.escape(s["label"])}</text>')
     if note:
-        out.append(
-            f'<text x="{width - right}" y="16" font-size="10" text-anchor="end" fill="#777">{html.escape(note)}</text>'
-        )
+        out.append(f'<text x="{left}" y="30" font-size="10" fill="#777">{html.escape(note)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
