@@ -1,9 +1,12 @@
-"""U-GAT-IT's loss terms and the two totals, as the official training loop computes them.
+"""U-GAT-IT's and NICE-GAN's loss terms and totals, as the official training loops compute them.
 
-Every discriminator output and every discriminator CAM logit gets an adversarial term (LSGAN by default,
-hinge as an option); the generator adds cycle and identity L1 terms and a BCE term on its own CAM logits
-(translation from the other domain -> 1, identity mapping -> 0). Means run over all elements, as torch's
-default ``reduction='mean'``.
+U-GAT-IT: every discriminator output and every discriminator CAM logit gets an adversarial term (LSGAN by
+default, hinge as an option); the generator adds cycle and identity L1 terms and a BCE term on its own CAM logits
+(translation from the other domain -> 1, identity mapping -> 0).
+
+NICE-GAN: each domain's one discriminator has three outputs that get adversarial terms (local and global heads,
+CAM logit); the generator adds cycle L1 and reconstruction L1 (decoding a real image's own code) terms, and has no
+CAM or identity terms. Means run over all elements, as torch's default ``reduction='mean'``.
 """
 
 from __future__ import annotations
@@ -109,3 +112,54 @@ def generator_loss(
         )
     terms.update(totals)
     return totals["g_loss_A"] + totals["g_loss_B"], terms
+
+
+def nice_discriminator_loss(real: Mapping, fake: Mapping, *, adv_weight: float, gan_type: str = "lsgan"):
+    """NICE-GAN's discriminator total. real/fake map ``disA``/``disB`` to (out_local, out_global, cam_logit, ...)
+    (a ``NiceDiscOutput`` or a tuple in its order): disA on real A and on B->A, disB on real B and on A->B.
+
+    Returns (total, per-term metrics).
+    """
+    terms = {}
+    for d in "AB":
+        name = f"dis{d}"
+        terms[f"d_adv_L{d}"] = d_adversarial(real[name][0], fake[name][0], gan_type)
+        terms[f"d_adv_G{d}"] = d_adversarial(real[name][1], fake[name][1], gan_type)
+        terms[f"d_cam_{d}"] = d_adversarial(real[name][2], fake[name][2], gan_type)
+        # Summed in the official order (global, CAM, local), for float-identical totals.
+        terms[f"d_loss_{d}"] = adv_weight * (terms[f"d_adv_G{d}"] + terms[f"d_cam_{d}"] + terms[f"d_adv_L{d}"])
+    return terms["d_loss_A"] + terms["d_loss_B"], terms
+
+
+def nice_generator_loss(
+    fake_dis: Mapping,
+    *,
+    real_a,
+    real_b,
+    cycle_a,
+    cycle_b,
+    recon_a,
+    recon_b,
+    adv_weight: float,
+    cycle_weight: float,
+    recon_weight: float,
+    gan_type: str = "lsgan",
+):
+    """NICE-GAN's generator total for both directions.
+
+    fake_dis: ``disA`` on B->A and ``disB`` on A->B, each (out_local, out_global, cam_logit, ...).
+    cycle_a = A->B->A, recon_a = gen2A(code of real A) (likewise for B); both are compared with the real images.
+    """
+    terms = {}
+    for d, real, cycle, recon in (("A", real_a, cycle_a, recon_a), ("B", real_b, cycle_b, recon_b)):
+        out = fake_dis[f"dis{d}"]
+        terms[f"g_adv_L{d}"] = g_adversarial(out[0], gan_type)
+        terms[f"g_adv_G{d}"] = g_adversarial(out[1], gan_type)
+        terms[f"g_cam_adv_{d}"] = g_adversarial(out[2], gan_type)
+        terms[f"g_cycle_{d}"] = l1(cycle, real)
+        terms[f"g_recon_{d}"] = l1(recon, real)
+        adv = terms[f"g_adv_G{d}"] + terms[f"g_cam_adv_{d}"] + terms[f"g_adv_L{d}"]
+        terms[f"g_loss_{d}"] = (
+            adv_weight * adv + cycle_weight * terms[f"g_cycle_{d}"] + recon_weight * terms[f"g_recon_{d}"]
+        )
+    return terms["g_loss_A"] + terms["g_loss_B"], terms

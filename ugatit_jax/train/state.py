@@ -1,8 +1,12 @@
-"""The training state: one pytree holding everything a step reads and writes.
+"""The training state: one pytree holding everything a step reads and writes, for either model family.
 
-The six networks are split once into static graph definitions (kept outside the state, closed over by the
-jitted step) and two kinds of arrays: trainable parameters and the discriminators' spectral-norm vectors.
-The state is a plain pytree, so it can be jitted, donated, sharded and checkpointed as a whole.
+The networks are split once into static graph definitions (kept outside the state, closed over by the jitted
+step) and two kinds of arrays: trainable parameters and the discriminators' spectral-norm vectors. The state is
+a plain pytree, so it can be jitted, donated, sharded and checkpointed as a whole.
+
+Which networks each optimiser holds comes from the model class (``GENERATORS``, ``DISCRIMINATORS``: U-GAT-IT's
+two generators and four discriminators, NICE-GAN's two decoders and two discriminator-encoders) and is stored in
+the state as static (non-array) fields, so the same code serves both families.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from flax import nnx
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
-G_NAMES = ("genA2B", "genB2A")
-D_NAMES = ("disGA", "disGB", "disLA", "disLB")
+# U-GAT-IT's network names, kept for callers written for that family; new code reads ``state.g_names``.
+G_NAMES = UGATIT.GENERATORS
+D_NAMES = UGATIT.DISCRIMINATORS
 
 
 @flax.struct.dataclass
@@ -28,21 +33,33 @@ class TrainState:
     step: jax.Array  # int32 scalar: completed steps
     params: dict[str, nnx.State]  # every network's nnx.Param
     sn: dict[str, nnx.State]  # every network's PowerIterationState (empty for the generators)
-    g_opt: optax.OptState  # one optimiser over both generators
-    d_opt: optax.OptState  # one optimiser over the four discriminators
+    g_opt: optax.OptState  # one optimiser over the generators
+    d_opt: optax.OptState  # one optimiser over the discriminators
+    # Static: part of the tree structure, not leaves (no arrays in checkpoints, no retrace between steps).
+    g_names: tuple[str, ...] = flax.struct.field(pytree_node=False, default=G_NAMES)
+    d_names: tuple[str, ...] = flax.struct.field(pytree_node=False, default=D_NAMES)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.g_names + self.d_names
 
     def g_params(self) -> dict[str, nnx.State]:
-        return {n: self.params[n] for n in G_NAMES}
+        return {n: self.params[n] for n in self.g_names}
 
     def d_params(self) -> dict[str, nnx.State]:
-        return {n: self.params[n] for n in D_NAMES}
+        return {n: self.params[n] for n in self.d_names}
 
 
-def split_model(model: UGATIT) -> tuple[dict[str, nnx.GraphDef], dict[str, nnx.State], dict[str, nnx.State]]:
-    """Split the six networks (in training mode) into graph definitions, params and spectral-norm state."""
+def _names(model) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(type(model).GENERATORS), tuple(type(model).DISCRIMINATORS)
+
+
+def split_model(model) -> tuple[dict[str, nnx.GraphDef], dict[str, nnx.State], dict[str, nnx.State]]:
+    """Split every network of ``model`` (in training mode) into graph definitions, params and spectral-norm state."""
     model.train()
     graphdefs, params, sn = {}, {}, {}
-    for name in UGATIT.NAMES:
+    g_names, d_names = _names(model)
+    for name in g_names + d_names:
         graphdefs[name], p, s = nnx.split(getattr(model, name), nnx.Param, PowerIterationState)
         # Pure arrays (no Variable objects): the state crosses jit/grad boundaries and goes into checkpoints.
         params[name], sn[name] = nnx.as_pure(p), nnx.as_pure(s)
@@ -50,26 +67,31 @@ def split_model(model: UGATIT) -> tuple[dict[str, nnx.GraphDef], dict[str, nnx.S
 
 
 def create_train_state(
-    model: UGATIT, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
+    model, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
 ) -> tuple[dict[str, nnx.GraphDef], TrainState]:
+    """(graph definitions, initial state) for a ``UGATIT`` or ``NICE`` model."""
     graphdefs, params, sn = split_model(model)
+    g_names, d_names = _names(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         sn=sn,
-        g_opt=g_tx.init({n: params[n] for n in G_NAMES}),
-        d_opt=d_tx.init({n: params[n] for n in D_NAMES}),
+        g_opt=g_tx.init({n: params[n] for n in g_names}),
+        d_opt=d_tx.init({n: params[n] for n in d_names}),
+        g_names=g_names,
+        d_names=d_names,
     )
     return graphdefs, state
 
 
-def merge_networks(graphdefs: Mapping[str, nnx.GraphDef], state: TrainState, names=UGATIT.NAMES) -> dict[str, Any]:
-    """Rebuild live NNX networks from the state (inside or outside jit)."""
+def merge_networks(graphdefs: Mapping[str, nnx.GraphDef], state: TrainState, names=None) -> dict[str, Any]:
+    """Rebuild live NNX networks (all of the state's, or ``names``) from the state (inside or outside jit)."""
+    names = state.names if names is None else names
     return {n: nnx.merge(graphdefs[n], state.params[n], state.sn[n]) for n in names}
 
 
-def update_model(model: UGATIT, state: TrainState) -> UGATIT:
-    """Write the state's arrays back into an existing UGATIT module (e.g. to export or sample)."""
-    for name in UGATIT.NAMES:
+def update_model(model, state: TrainState):
+    """Write the state's arrays back into an existing model of the same family (e.g. to export or sample)."""
+    for name in state.names:
         nnx.update(getattr(model, name), state.params[name], state.sn[name])
     return model
