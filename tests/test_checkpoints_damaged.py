@@ -1,0 +1,117 @@
+"""A damaged latest checkpoint is moved aside (never deleted) and the run resumes from the newest intact one;
+a checkpoint of another model still fails with the config message."""
+
+import glob
+import logging
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from tiny import random_model, tiny_config
+
+from ugatit_jax.train import trainer
+from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError, abstract_like
+from ugatit_jax.train.state import create_train_state
+
+STEPS = (2, 3, 4)
+
+
+def _abstract(config):
+    g_tx, d_tx = trainer.make_optimizers(config)
+    _, abstract = nnx.eval_shape(lambda: create_train_state(trainer.build_model(config), g_tx, d_tx))
+    return abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+
+
+@pytest.fixture
+def three_checkpoints(tmp_path):
+    """Checkpoints 2, 3, 4 of a random tiny model with its step added to every parameter (restores told apart;
+    random values, so the array files do not compress to nothing)."""
+    config = tiny_config()
+    g_tx, d_tx = trainer.make_optimizers(config)
+    _, state = create_train_state(random_model(config), g_tx, d_tx)
+    with Checkpointer(str(tmp_path), async_save=False) as ckpt:
+        for step in STEPS:
+            params = jax.tree.map(lambda x, v=step: np.asarray(x) + v, state.params)
+            marked = state.replace(step=np.int32(step), params=params)
+            ckpt.save(step, marked, {"step": step}, config, force=True)
+    return tmp_path, config, jax.device_get(state.params)
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _largest_array_file(folder: str) -> str:
+    files = glob.glob(os.path.join(folder, "state", "ocdbt.process_0", "d", "*"))
+    return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["checkpoint_metadata", "array_file", "tree_metadata"])
+def test_damaged_latest_is_moved_aside(three_checkpoints, damage, caplog):
+    workdir, config, base = three_checkpoints
+    folder = os.path.join(workdir, "checkpoints", "4")
+    target = {
+        "checkpoint_metadata": os.path.join(folder, "_CHECKPOINT_METADATA"),
+        "array_file": _largest_array_file(folder),
+        "tree_metadata": os.path.join(folder, "state", "_METADATA"),
+    }[damage]
+    _truncate(target)
+    with caplog.at_level(logging.WARNING, logger="ugatit_jax"), Checkpointer(str(workdir)) as ckpt:
+        state, data, saved_config = ckpt.restore(_abstract(config))
+        assert ckpt.all_steps() == [2, 3]
+    assert int(state.step) == 3 and data == {"step": 3}
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(base)):
+        np.testing.assert_array_equal(got, want + 3)
+    moved = glob.glob(os.path.join(workdir, "checkpoints", "damaged", "4-*"))
+    assert len(moved) == 1 and os.path.exists(os.path.join(moved[0], os.path.relpath(target, folder)))
+    message = caplog.text
+    assert "checkpoint 4 is damaged" in message and moved[0] in message
+    expected = {"checkpoint_metadata": "_CHECKPOINT_METADATA", "array_file": "unreadable"}
+    expected["tree_metadata"] = "state/_METADATA"
+    assert expected[damage] in message, message
+
+
+def test_explicit_step_and_read_only_do_not_move(three_checkpoints):
+    workdir, config, _ = three_checkpoints
+    _truncate(os.path.join(workdir, "checkpoints", "4", "_CHECKPOINT_METADATA"))
+    with Checkpointer(str(workdir), read_only=True) as ckpt:
+        with pytest.raises(DamagedCheckpointError, match="checkpoint 4 is damaged: _CHECKPOINT_METADATA"):
+            ckpt.restore(_abstract(config))
+        with pytest.raises(DamagedCheckpointError):
+            ckpt.read_config(4)
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
+
+
+def test_other_model_is_not_damage(three_checkpoints):
+    """A shape mismatch keeps the config message and moves nothing."""
+    workdir, _, _ = three_checkpoints
+    with Checkpointer(str(workdir)) as ckpt, pytest.raises(CheckpointError, match="does not fit this run's model"):
+        ckpt.restore(_abstract(tiny_config(ch=8)))
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "damaged"))
+
+
+def test_all_damaged_is_an_error(three_checkpoints):
+    workdir, config, _ = three_checkpoints
+    for step in STEPS:
+        _truncate(os.path.join(workdir, "checkpoints", str(step), "_CHECKPOINT_METADATA"))
+    with Checkpointer(str(workdir)) as ckpt, pytest.raises(CheckpointError, match="no intact checkpoint"):
+        ckpt.restore(_abstract(config))
+    assert len(os.listdir(os.path.join(workdir, "checkpoints", "damaged"))) == 3
+
+
+def test_training_resumes_past_a_damaged_checkpoint(tmp_path):
+    """The reported case: a truncated _CHECKPOINT_METADATA in the latest of three checkpoints of a real run."""
+    workdir = str(tmp_path / "run")
+    chex.clear_trace_counter()
+    trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=3, checkpoint_every=1), workdir)
+    _truncate(os.path.join(workdir, "checkpoints", "3", "_CHECKPOINT_METADATA"))
+    chex.clear_trace_counter()
+    result = trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=4, checkpoint_every=1), workdir)
+    assert result["step"] == 4
+    assert glob.glob(os.path.join(workdir, "checkpoints", "damaged", "3-*"))
+    with Checkpointer(workdir, read_only=True) as ckpt:
+        assert ckpt.latest_step() == 4

@@ -1,0 +1,514 @@
+"""Multi-process (multi-host style) training on one machine: ``python -m ugatit_jax.launch`` with CPU processes.
+
+Every run is tiny (tests/tiny.py), has a hard timeout and runs in its own process group, which is killed on any
+failure. Expensive runs live in module-scoped fixtures so each multi-process training happens once.
+
+Two kinds of runs:
+* this file as a worker script (``python tests/test_multiprocess.py worker SPEC``): fixed global batches fed as
+  each process's rows, so a 2x2 run and a 1x4 run see the same data and must agree (the real pipeline gives
+  each host its own images by design);
+* ``train.py`` itself through the launcher, for resume, kill -9, process-0 outputs and bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+K_STEPS = 3  # worker runs: steps of global batch 4
+WORKER_BATCH = 4
+
+
+# ------------------------------------------------------------------------------------------------------- worker
+def _worker(spec: dict) -> None:
+    """One process of a fixed-batch run: ``jobs`` run in order; process 0 writes each job's losses + params."""
+    import chex
+    import jax
+    import numpy as np
+    from tiny import random_model, tiny_config
+
+    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+    from ugatit_jax.train.state import create_train_state
+
+    parallel.maybe_initialize_distributed()
+    cache = os.environ.get("UGATIT_TEST_XLA_CACHE") or os.path.expanduser("~/.cache/ugatit_jax/xla-tests")
+    jax.config.update("jax_compilation_cache_dir", cache)  # as conftest.py: compiles shared with the test session
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    config = tiny_config(batch_size=WORKER_BATCH, xla_cache_dir="")
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    shape = (WORKER_BATCH, 32, 32, 3)
+    batches = [{d: rng.integers(0, 256, shape, np.uint8) for d in "AB"} for _ in range(K_STEPS)]
+    local = WORKER_BATCH // jax.process_count()
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    for job in spec["jobs"]:
+        chex.clear_trace_counter()
+        g_tx, d_tx = trainer.make_optimizers(config)
+        # numpy-drawn weights (the same in every process): an eager init compiles one program per weight shape
+        graphdefs, state = create_train_state(random_model(config), g_tx, d_tx)
+        shardings = parallel.state_shardings(state, mesh, job.get("shard", False))
+        state = parallel.place_state(state, shardings)
+        if job.get("restore"):
+            with Checkpointer(job["restore"], async_save=False) as ckpt:
+                state, _, _ = ckpt.restore(abstract_like(state, shardings), job["restore_step"])
+        step_fn = parallel.jit_train_step(
+            trainer.make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=shardings
+        )
+        ckpt = Checkpointer(job["save"], async_save=False) if job.get("save") else None
+        losses = []
+        for i in range(int(jax.device_get(state.step)), K_STEPS):
+            batch = {
+                d: jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), batches[i][d][rows])
+                for d in "AB"
+            }
+            state, metrics = step_fn(state, batch)
+            losses.append([float(metrics["d_loss"]), float(metrics["g_loss"])])
+            if ckpt and i + 1 == job["save_step"]:
+                ckpt.save(i + 1, state, {}, config, force=True)
+                ckpt.wait()
+        if ckpt:
+            ckpt.close()
+        params = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+        if jax.process_index() == 0:
+            np.savez(job["out"], losses=np.array(losses), step=int(jax.device_get(state.step)), **params)
+    print("worker done", flush=True)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
+    sys.path.insert(0, ROOT)
+    _worker(json.loads(sys.argv[2]))
+    sys.exit(0)
+
+# ---------------------------------------------------------------------------------------------------- the tests
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+from tiny import tiny_config, tiny_flags  # noqa: E402
+
+from ugatit_jax.train import state as train_state  # noqa: E402
+from ugatit_jax.train import trainer  # noqa: E402
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like  # noqa: E402
+
+LAUNCH_TIMEOUT = 900  # hard bound per launch (a tiny run on a loaded 2-core machine)
+_live: list[subprocess.Popen] = []
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "UGATIT_INIT_TIMEOUT"}
+    env.pop("XLA_FLAGS", None)  # conftest forces 8 host devices: the launcher sets JAX_NUM_CPU_DEVICES instead
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _start(cmd: list[str], env: dict | None = None, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env or _env(),
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,  # its own process group: one killpg ends it and everything it started
+    )
+    _live.append(proc)
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reap():
+    yield
+    for proc in _live:
+        _kill(proc)
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=10)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = LAUNCH_TIMEOUT) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"timed out after {timeout} s:\n{out[-3000:]}\n{err[-5000:]}") from None
+    return proc.returncode, out, err
+
+
+def _launch_cmd(processes: int, devices: int, *command: str, extra=()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ugatit_jax.launch",
+        "--processes",
+        str(processes),
+        "--devices-per-process",
+        str(devices),
+        "--init-timeout",
+        "600",  # a loaded test machine can start one process minutes after the other
+        *extra,
+        "--",
+        *command,
+    ]
+
+
+def _launch(processes: int, devices: int, *command: str, extra=(), timeout=LAUNCH_TIMEOUT) -> tuple[int, str, str]:
+    return _finish(_start(_launch_cmd(processes, devices, *command, extra=extra)), timeout)
+
+
+def _worker_run(processes: int, devices: int, jobs: list[dict]) -> float:
+    t = time.perf_counter()
+    code, out, err = _launch(
+        processes, devices, os.path.join(HERE, "test_multiprocess.py"), "worker", json.dumps({"jobs": jobs})
+    )
+    assert code == 0, f"{out[-3000:]}\n{err[-6000:]}"
+    assert out.count("worker done") == processes, out
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------- per-host input (pipeline)
+def _indexed_source(n: int):
+    """Flat images whose colour encodes their index (flip, resize and crop keep a flat image flat)."""
+    from ugatit_jax.data import ArraySplit, UnpairedSource
+
+    split = lambda name, offset: ArraySplit(
+        [np.full((8, 8, 3), 10 + 4 * (i + offset), np.uint8) for i in range(n)], name=name
+    )
+    return UnpairedSource("indexed", split("trainA", 0), split("trainB", 50), split("testA", 0), split("testB", 0))
+
+
+def _indices(images: np.ndarray, offset: int) -> list[int]:
+    values = images.reshape(len(images), -1)
+    assert np.all(values == values[:, :1]), "augmentation changed a flat image"
+    return [int(round((v - 10) / 4)) - offset for v in values[:, 0]]
+
+
+@pytest.mark.parametrize("n_images,hosts,global_batch", [(12, 2, 4), (12, 3, 6), (10, 2, 2)])
+def test_each_image_once_per_epoch_across_hosts(n_images, hosts, global_batch):
+    """Over one epoch (n_images / hosts per host) the hosts' batches hold every training image exactly once."""
+    from ugatit_jax.data import make_train_iterator
+
+    source = _indexed_source(n_images)
+    per_host = n_images // hosts
+    seen = {"A": [], "B": []}
+    for host in range(hosts):
+        it = make_train_iterator(
+            source, img_size=8, global_batch_size=global_batch, seed=3, process_index=host, process_count=hosts
+        )
+        batches = [next(it) for _ in range(per_host // (global_batch // hosts))]
+        for domain, offset in (("A", 0), ("B", 50)):
+            seen[domain] += _indices(np.concatenate([b[domain] for b in batches]), offset)
+    for domain in "AB":
+        assert sorted(seen[domain]) == list(range(n_images)), (domain, sorted(seen[domain]))
+
+
+def test_saved_position_resumes_each_host():
+    """Each host's state, gathered into a checkpoint's data item, puts that host back where it was."""
+    from ugatit_jax.data import make_train_iterator
+    from ugatit_jax.train.checkpoints import host_data_state
+
+    source = _indexed_source(12)
+    make = lambda host: make_train_iterator(
+        source, img_size=8, global_batch_size=4, seed=1, process_index=host, process_count=2
+    )
+    iterators = [make(h) for h in range(2)]
+    for it in iterators:
+        for _ in range(5):  # into the second epoch
+            next(it)
+    saved = {"processes": [it.get_state() for it in iterators]}  # what Checkpointer.save stores with 2 processes
+    expected = [[_indices(next(it)["A"], 0) for _ in range(4)] for it in iterators]
+    for host in range(2):
+        fresh = make(host)
+        fresh.set_state(host_data_state(saved, fresh.get_state()))
+        assert [_indices(next(fresh)["A"], 0) for _ in range(4)] == expected[host]
+    assert expected[0] != expected[1]
+
+
+# ----------------------------------------------------------------------------- 2x2 vs 1x4, checkpoints across them
+@pytest.fixture(scope="module")
+def fixed_runs(tmp_path_factory):
+    """A: 1x4 from init (checkpoint at step 1). B: 2x2 from init (checkpoint at 1), then, in the same processes,
+    D: 2x2 from A's step-1 checkpoint. C: 1x4 from B's step-1 checkpoint. All end at step K_STEPS."""
+    d = tmp_path_factory.mktemp("fixed")
+    path = lambda name: str(d / name)
+    times = {}
+    times["1x4"] = _worker_run(1, 4, [dict(out=path("A.npz"), save=path("ckA"), save_step=1)])
+    times["2x2"] = _worker_run(
+        2,
+        2,
+        [
+            dict(out=path("B.npz"), save=path("ckB"), save_step=1),
+            dict(out=path("D.npz"), restore=path("ckA"), restore_step=1),
+        ],
+    )
+    times["1x4 restore"] = _worker_run(1, 4, [dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)])
+    runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCD"}
+    runs["times"] = times
+    return runs
+
+
+def _assert_close_run(got: dict, ref: dict, steps: int) -> dict:
+    """The tolerance of tests/test_train_step.py::test_eight_devices_match_one; returns the largest differences."""
+    config = tiny_config()
+    assert int(got["step"]) == int(ref["step"]) == K_STEPS
+    n = len(got["losses"])
+    np.testing.assert_allclose(got["losses"], ref["losses"][-n:], rtol=1e-5)
+    worst = {"loss_rel": float(np.max(np.abs(got["losses"] - ref["losses"][-n:]) / np.abs(ref["losses"][-n:])))}
+    worst["param_abs"] = 0.0
+    for key in ref:
+        if key in ("losses", "step"):
+            continue
+        a, b = got[key], ref[key]
+        tol = 1e-4 * float(np.max(np.abs(b))) + 1e-3 * config.lr * steps
+        diff = float(np.max(np.abs(a - b)))
+        assert diff <= tol, (key, diff, tol)
+        worst["param_abs"] = max(worst["param_abs"], diff)
+    return worst
+
+
+def test_two_processes_match_one(fixed_runs, record_property):
+    """2 processes x 2 devices and 1 process x 4 devices, same global batches: same losses and parameters."""
+    worst = _assert_close_run(fixed_runs["B"], fixed_runs["A"], K_STEPS)
+    record_property("2x2_vs_1x4", worst)
+    record_property("wall_s", fixed_runs["times"])
+    print("2x2 vs 1x4 largest differences:", worst, "wall times:", fixed_runs["times"])
+
+
+def test_checkpoint_crosses_process_counts(fixed_runs):
+    """Written by 2 processes, restored by 1 (C), and the reverse (D): training continues equal."""
+    print("2->1:", _assert_close_run(fixed_runs["C"], fixed_runs["A"], K_STEPS))
+    print("1->2:", _assert_close_run(fixed_runs["D"], fixed_runs["B"], K_STEPS))
+    assert len(fixed_runs["C"]["losses"]) == len(fixed_runs["D"]["losses"]) == K_STEPS - 1
+
+
+# ------------------------------------------------------------------------------------------ train.py through launch
+ITERATIONS = 8
+RUN = dict(
+    batch_size=4, iterations=ITERATIONS, checkpoint_every=2, log_every=1, sample_every=1000, eval_every=ITERATIONS
+)
+
+
+def _train_cmd(workdir, *flags) -> list[str]:
+    return ["train.py", "--config", "configs/default.py", "--workdir", str(workdir), *tiny_flags(**RUN), *flags]
+
+
+def _final_state(workdir, step=None):
+    config = tiny_config()
+    g_tx, d_tx = trainer.make_optimizers(config)
+    _, abstract = nnx.eval_shape(lambda: train_state.create_train_state(trainer.build_model(config), g_tx, d_tx))
+    with Checkpointer(str(workdir), async_save=False, read_only=True) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state, data, _ = ckpt.restore(abstract_like(abstract, sharding), step)
+    return step, jax.device_get(state), data
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 2x2 train.py run; process 1 runs with umask 077, so every file it creates is private."""
+    workdir = tmp_path_factory.mktemp("ref") / "run"
+    command = shlex.join([sys.executable, *_train_cmd(workdir)])
+    script = f'if [ "$JAX_PROCESS_ID" = 1 ]; then umask 077; else umask 022; fi; exec {command}'
+    t = time.perf_counter()
+    code, out, err = _launch(2, 2, "sh", "-c", script)
+    assert code == 0, f"{out[-3000:]}\n{err[-6000:]}"
+    return workdir, out, err, time.perf_counter() - t
+
+
+def test_only_process_zero_writes_outputs_and_all_save(reference_run):
+    workdir, out, err, wall = reference_run
+    print(f"2x2 train.py, {ITERATIONS} steps: {wall:.0f} s")
+    assert "[p0]" in err and "[p1]" in err
+    private = lambda p: (os.stat(p).st_mode & 0o077) == 0
+    for folder in ("tensorboard", "samples"):
+        files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / folder) for f in fs]
+        assert files, folder
+        assert not [f for f in files if private(f)], f"process 1 wrote into {folder}"
+    assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    ckpt_files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints") for f in fs]
+    by_p1 = [f for f in ckpt_files if private(f)]
+    assert by_p1, "process 1 wrote no checkpoint file"
+    for step in (ITERATIONS - 4, ITERATIONS - 2, ITERATIONS):
+        assert (workdir / "checkpoints" / str(step) / "state" / "ocdbt.process_1").is_dir()
+    step, state, data = _final_state(workdir)
+    assert step == ITERATIONS and int(state.step) == ITERATIONS
+    hosts = data["processes"]
+    assert [h["process_index"] for h in hosts] == [0, 1] and {h["step"] for h in hosts} == {ITERATIONS}
+
+
+def _pids(launcher_err: str) -> dict[int, int]:
+    return {int(i): int(pid) for i, pid in re.findall(r"\[launch\] p(\d+) pid (\d+)", launcher_err)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
+    """kill -9 of process 1 mid-run: the launcher ends process 0 and exits non-zero quickly; the newest complete
+    checkpoint restores; re-launching resumes and ends equal to the uninterrupted run."""
+    workdir = tmp_path / "run"
+    log = tmp_path / "launcher.err"
+    with open(log, "w") as err_file:
+        proc = _start(_launch_cmd(2, 2, *_train_cmd(workdir), extra=("--grace", "5")), stderr=err_file)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    folder = workdir / "checkpoints"
+    while not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
+        assert proc.poll() is None, "the run ended before its first checkpoint:\n" + log.read_text()[-4000:]
+        if time.monotonic() > deadline:
+            _kill(proc)
+            raise AssertionError("no checkpoint in time:\n" + log.read_text()[-4000:])
+        time.sleep(0.05)
+    pids = _pids(log.read_text())
+    os.kill(pids[1], signal.SIGKILL)
+    t_kill = time.monotonic()
+    code, out, _ = _finish(proc, timeout=120)
+    elapsed = time.monotonic() - t_kill
+    err = log.read_text()
+    record_property("kill9_to_launcher_exit_s", elapsed)
+    print(f"kill -9 of p1 -> launcher exit: {elapsed:.1f} s (status {code})")
+    assert code != 0
+    assert elapsed < 60
+    assert not _alive(pids[0]) and not _alive(pids[1]), "a training process outlived the launcher"
+    with Checkpointer(str(workdir), read_only=True) as ckpt:
+        last = ckpt.latest_step()
+        assert last is not None and last < ITERATIONS, "the run finished before the kill"
+        assert ckpt.damage(last) is None
+    step, state, _ = _final_state(workdir, last)
+    assert int(state.step) == last
+
+    code, out, err = _launch(2, 2, *_train_cmd(workdir))
+    assert code == 0, err[-6000:]
+    assert "resumed from" in err and f"at step {last}" in err
+    ref_step, ref_state, ref_data = _final_state(reference_run[0])
+    step, state, data = _final_state(workdir)
+    assert step == ref_step == ITERATIONS and data == ref_data
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(ref_state)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_process_run_resumes_in_one(reference_run, tmp_path):
+    """train.py in 1 process x 4 devices resumes a 2-process run's checkpoint (the data order changes: logged)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
+    for step in (ITERATIONS - 2, ITERATIONS):  # resume from the oldest kept one
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    code, out, err = _launch(1, 4, *_train_cmd(workdir))
+    assert code == 0, err[-6000:]
+    assert f"at step {ITERATIONS - 4}" in err and "written by 2 process(es), this run has 1" in err
+    step, state, data = _final_state(workdir)
+    assert step == ITERATIONS and data["process_count"] == 1 and data["step"] == ITERATIONS
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+
+
+# ----------------------------------------------------------------------------------------------------- bad input
+def _error_lines(err: str, processes: int) -> list[str]:
+    """The last line each process printed on stderr; each must be one ``train.py: error:`` line."""
+    assert "Traceback" not in err, err[-4000:]
+    last = {}
+    for line in err.splitlines():
+        m = re.match(r"\[p(\d+)\] (.*)", line)
+        if m and m.group(2).strip():
+            last[int(m.group(1))] = m.group(2)
+    assert sorted(last) == list(range(processes)), err[-4000:]
+    for i, line in last.items():
+        assert line.startswith("train.py: error:"), (i, line)
+    return list(last.values())
+
+
+def test_batch_not_divisible_by_processes(tmp_path):
+    t = time.perf_counter()
+    code, out, err = _launch(2, 1, *_train_cmd(tmp_path / "run", "--config.batch_size=3"), timeout=LAUNCH_TIMEOUT)
+    assert code != 0
+    for line in _error_lines(err, 2):
+        assert "config.batch_size=3" in line and "divisible" in line
+    print(f"failed cleanly in {time.perf_counter() - t:.1f} s")
+
+
+def test_different_configs_across_processes(tmp_path):
+    config = tmp_path / "per_host.py"
+    config.write_text(
+        "import os\nfrom ugatit_jax.config import base_config\n\n\ndef get_config():\n    c = base_config()\n"
+        "    c.lr = 1e-4 if os.environ.get('JAX_PROCESS_ID') == '0' else 2e-4\n    return c\n"
+    )
+    command = ["train.py", "--config", str(config), "--workdir", str(tmp_path / "run"), *tiny_flags(**RUN)]
+    code, out, err = _launch(2, 1, *command, timeout=LAUNCH_TIMEOUT)
+    assert code != 0
+    for line in _error_lines(err, 2):
+        assert "different configs" in line and "lr: p0=0.0001, p1=0.0002" in line
+
+
+def test_wrong_coordinator_address(tmp_path):
+    """Process 1 is pointed at a port where nothing listens: both end with one error line within the timeout."""
+    from ugatit_jax.launch import free_port
+
+    good, bad = free_port(), free_port()
+    procs = []
+    for i, port in enumerate((good, bad)):
+        env = _env() | {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(i),
+            "JAX_PLATFORMS": "cpu",
+            "UGATIT_INIT_TIMEOUT": "10",
+        }
+        procs.append(_start([sys.executable, *_train_cmd(tmp_path / "run")], env=env))
+    t = time.perf_counter()
+    for proc in procs:
+        code, out, err = _finish(proc, timeout=LAUNCH_TIMEOUT)
+        assert code == 2, err[-3000:]
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1].startswith("train.py: error: could not join process"), lines[-5:]
+        assert "JAX_COORDINATOR_ADDRESS" in lines[-1]
+    print(f"both processes ended {time.perf_counter() - t:.1f} s after start")
+
+
+def test_launcher_bad_input(capsys):
+    """In-process (starting Python and importing the package costs more than the check itself)."""
+    from ugatit_jax.launch import main
+
+    for args, expect in (
+        (["--processes", "0", "--", "train.py"], "--processes=0"),
+        (["--processes", "2"], "no command"),
+        (["--processes", "2", "--devices-per-process", "x", "--", "train.py"], "invalid int"),
+        (["--processes", "2", "--", "no_such_script.py"], "no such file"),
+        (["--processes", "2", "--coordinator", "nohostport", "--", "train.py"], "host:port"),
+    ):
+        assert main(args) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("python -m ugatit_jax.launch: error:"), lines
+        assert expect in lines[0], lines[0]
+
+
+def test_launcher_ends_the_others_when_one_fails():
+    """A child exiting 3 while the other sleeps: the sleeper is ended (SIGTERM) and the launcher exits 3, fast."""
+    script = 'if [ "$JAX_PROCESS_ID" = 0 ]; then sleep 1; echo out; exit 3; else exec sleep 600; fi'
+    code, out, err = _launch(
+        2, 1, "sh", "-c", script, extra=("--settle", "0.5", "--grace", "2"), timeout=LAUNCH_TIMEOUT
+    )
+    assert code == 3 and "[p0] out" in out
+    assert "p0 exited with status 3: ending the other processes" in err
+    pids = _pids(err)
+    assert not _alive(pids[1])

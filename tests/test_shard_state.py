@@ -1,0 +1,104 @@
+"""config.shard_state: parameters and both Adam states split over 8 fake devices; equal to the replicated run,
+and checkpoints move between the two layouts."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from tiny import tiny_config
+
+from ugatit_jax.train import parallel, trainer
+from ugatit_jax.train import state as train_state
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+
+STEPS = 3
+
+
+def test_shard_spec():
+    assert parallel.shard_spec((3, 3, 64, 128), 8) == P(None, None, None, "data")
+    assert parallel.shard_spec((64, 64), 8) == P("data", None)  # a tie: the first
+    assert parallel.shard_spec((7, 3), 8) == P()
+    assert parallel.shard_spec((), 8) == P()
+    assert parallel.shard_spec((16, 5), 1) == P()
+
+
+def _setup(config, shard, mesh):
+    chex.clear_trace_counter()
+    g_tx, d_tx = trainer.make_optimizers(config)
+    graphdefs, state = train_state.create_train_state(trainer.build_model(config), g_tx, d_tx)
+    shardings = parallel.state_shardings(state, mesh, shard)
+    step = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=shardings)
+    return parallel.place_state(state, shardings), shardings, step
+
+
+def _train(state, step, batches, mesh):
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, jax.device_put(batch, parallel.batch_sharding(mesh)))
+        losses.append((float(metrics["d_loss"]), float(metrics["g_loss"])))
+    return state, np.array(losses)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    shape = (8, 32, 32, 3)
+    return [{d: rng.integers(0, 256, shape, np.uint8) for d in "AB"} for _ in range(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def runs(batches, tmp_path_factory):
+    """Replicated and sharded runs of STEPS steps on 8 devices; each saves a checkpoint after step 1."""
+    assert jax.device_count() == 8
+    mesh = parallel.make_mesh()
+    config = tiny_config(batch_size=8)
+    out = {}
+    for shard in (False, True):
+        state, shardings, step = _setup(config, shard, mesh)
+        state, first = _train(state, step, batches[:1], mesh)
+        directory = str(tmp_path_factory.mktemp(f"shard{shard}"))
+        with Checkpointer(directory, async_save=False) as ckpt:
+            ckpt.save(1, state, {}, config, force=True)
+        state, rest = _train(state, step, batches[1:], mesh)
+        out[shard] = dict(state=state, losses=np.concatenate([first, rest]), dir=directory, step=step)
+    out["mesh"], out["config"] = mesh, config
+    return out
+
+
+def _assert_close(state_a, losses_a, state_b, losses_b, config):
+    """tests/test_train_step.py::test_eight_devices_match_one's tolerance."""
+    np.testing.assert_allclose(losses_a, losses_b, rtol=1e-5)
+    a_params, b_params = jax.device_get(state_a.params), jax.device_get(state_b.params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(a_params), jax.tree.leaves(b_params)):
+        tol = 1e-4 * float(np.max(np.abs(b))) + 1e-3 * config.lr * STEPS
+        assert float(np.max(np.abs(a - b))) <= tol, jax.tree_util.keystr(path)
+
+
+def test_sharded_matches_replicated(runs):
+    rep, sh = runs[False], runs[True]
+    _assert_close(sh["state"], sh["losses"], rep["state"], rep["losses"], runs["config"])
+    # The layout really is split: the largest kernel holds 1/8 of its elements per device, and it stays so.
+    leaves = jax.tree.leaves(sh["state"].params) + jax.tree.leaves(sh["state"].g_opt)
+    big = max(leaves, key=lambda x: x.size)
+    assert big.addressable_shards[0].data.size * 8 == big.size
+    assert not big.sharding.is_fully_replicated
+    for leaf in jax.tree.leaves(sh["state"].sn):
+        assert leaf.sharding.is_fully_replicated
+    total = sum(x.size for x in leaves)
+    per_device = sum(x.addressable_shards[0].data.size for x in leaves)
+    print(f"tiny model: state elements per device {per_device} of {total} ({per_device / total:.1%})")
+
+
+@pytest.mark.parametrize("saved_sharded", [False, True])
+def test_checkpoint_moves_between_layouts(runs, batches, saved_sharded):
+    """Restore the other layout's step-1 checkpoint, continue: equal to the run that never stopped."""
+    mesh, config = runs["mesh"], runs["config"]
+    source, target = runs[saved_sharded], runs[not saved_sharded]
+    state, shardings, _ = _setup(config, not saved_sharded, mesh)
+    with Checkpointer(source["dir"], read_only=True) as ckpt:
+        state, _, _ = ckpt.restore(abstract_like(state, shardings), 1)
+    assert jax.tree.leaves(state.params)[0].sharding == jax.tree.leaves(shardings.params)[0]
+    chex.clear_trace_counter()
+    state, losses = _train(state, target["step"], batches[1:], mesh)
+    _assert_close(state, losses, source["state"], source["losses"][1:], config)
