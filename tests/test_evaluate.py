@@ -1,8 +1,11 @@
-"""``python -m ugatit_jax.evaluate``: paired metrics with their input baseline, KID/FID, the missing-weights note.
+"""``python -m ugatit_jax.evaluate``: the shared evaluator's record, KID/FID with their input baseline, the
+missing-weights note, one-line errors.
 
 KID/FID run with a randomly initialised Inception written in pytorch-fid's file format: the numbers mean nothing,
 but the whole path (reading the file, features, KID subsets, FID, JSON) is exercised. The synthetic set has two
-test images per domain and known pairs (testB = inverted testA).
+test images per domain and known pairs (testB = inverted testA). The domain classifier is trained with a
+shortened recipe into a temporary cache. The evaluator's own maths is tested in test_evaluator.py, and that
+training and this CLI give the same keys and numbers in test_report.py.
 """
 
 import json
@@ -15,13 +18,22 @@ import pytest
 from flax import nnx
 from tiny import save_tiny_run
 
-from ugatit_jax import evaluate, translate
+from ugatit_jax import evaluate, loading
 from ugatit_jax.data import get_source, test_transform
 from ugatit_jax.evaluate import main
-from ugatit_jax.evaluation import metrics
+from ugatit_jax.evaluation import domain_classifier, metrics
 from ugatit_jax.evaluation.inception import FID_WEIGHTS_FILENAME
+from ugatit_jax.models.family import get_family
 
 STEP = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_classifier(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(domain_classifier, "STEPS", 10)
+        mp.setenv("UGATIT_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +42,16 @@ def run(tmp_path_factory):
     here hand the CLI the generators directly (``load_run`` patched) and skip a second restore."""
     workdir = str(tmp_path_factory.mktemp("run"))
     config, model = save_tiny_run(workdir, STEP)
-    return workdir, translate.from_networks(model, config.img_size, config, STEP, "tiny step 2")
+    model.eval()
+    family = get_family(config)
+    return workdir, loading.Translator.from_model(
+        model, family, config.img_size, config=config, step=STEP, name="tiny step 2"
+    )
 
 
 @pytest.fixture
 def cli(run, monkeypatch):
-    monkeypatch.setattr(evaluate, "load_run", lambda workdir, step=None: run[1])
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None: run[1])
     monkeypatch.delenv(evaluate.WEIGHTS_ENV, raising=False)
     return run[0]
 
@@ -65,36 +81,36 @@ def test_kid_fid_and_paired_metrics_with_input_baseline(run, cli, inception_file
     assert main([*argv, "--kid-subset-size", "2", "--kid-subsets", "3", "--batch-size", "3"]) == 0
     results = json.load(open(output))
     assert results["step"] == STEP and results["dataset"] == "synthetic" and results["img_size"] == 32
-    assert results["test_images"] == {"testA": 2, "testB": 2} and results["notes"] == []
+    assert results["test_images"] == {"testA": 2, "testB": 2} and results["pairs"] == 2
     assert results["kid"] == {"subsets": 3, "subset_size": 2, "seed": 0}
     assert results["inception_weights"] == os.path.abspath(inception_file)
     source = get_source(run[1].config)
     real = {s: np.stack([test_transform(x, 32) for x in source.split(s)]) for s in ("testA", "testB")}
+    scores = results["scores"]
     for name, src, tgt in (("A2B", "testA", "testB"), ("B2A", "testB", "testA")):
-        entry = results["directions"][name]
-        assert entry["source"] == src and entry["target"] == tgt and entry["kid_subset_size"] == 2
-        assert all(np.isfinite(entry[k]) for k in ("kid_x100", "kid_x100_std", "fid"))
-        paired = entry["paired"]
-        assert paired["pairs"] == 2 and set(paired["translation"]) == {"l1", "psnr", "ssim"}
+        for key in ("kid_x100", "kid_x100_std", "fid", "kid_x100_input", "fid_input", "target_rate", "top1"):
+            assert np.isfinite(scores[f"eval/{name}/{key}"]), key
         # the baseline is the untranslated input against the true target
-        assert paired["input_baseline"]["l1"] == pytest.approx(metrics.l1(real[src], real[tgt]))
-        assert paired["input_baseline"]["ssim"] == pytest.approx(metrics.ssim(real[src], real[tgt]))
-        assert paired["translation"]["l1"] != paired["input_baseline"]["l1"]
-    assert calls == [((2, 2048), (2, 2048))] * 2
+        assert scores[f"eval/{name}/l1_input"] == pytest.approx(metrics.l1(real[src], real[tgt]))
+        assert scores[f"eval/{name}/ssim_input"] == pytest.approx(metrics.ssim(real[src], real[tgt]))
+        assert scores[f"eval/{name}/l1"] != scores[f"eval/{name}/l1_input"]
+    assert calls == [((2, 2048), (2, 2048))] * 4  # translation and input, per direction
     out = capsys.readouterr().out
     table = out.splitlines()
-    assert table[1].split()[:5] == ["direction", "images", "KIDx100", "±", "std"]
-    assert table[3].startswith("A->B") and table[4].startswith("B->A") and "-" not in table[3].split()[2:]
+    assert "tiny step 2" in table[0] and table[1].split() == ["A->B", "input", "B->A", "input"]
+    rows = {line.split()[0]: line.split()[-4:] for line in table[3:] if line and not line.startswith("note")}
+    assert {"target_rate", "kid_domain", "top1", "top5", "l1", "psnr", "ssim", "kid_x100", "fid"} <= set(rows)
+    assert "-" not in rows["kid_x100"] and "-" not in rows["target_rate"]
     assert f"results written to {output}" in out
 
 
 def test_without_weights_kid_fid_are_skipped_with_a_note(cli, capsys):
     assert main(["--workdir", cli]) == 0
     results = json.load(open(os.path.join(cli, "eval", f"step_{STEP}.json")))  # the default --output
-    assert results["kid"] is None and results["inception_weights"] is None
-    note = results["notes"][0]
+    assert results["inception_weights"] is None
+    note = results["notes"][-1]
     assert FID_WEIGHTS_FILENAME in note and "--inception-weights" in note and evaluate.WEIGHTS_ENV in note
-    assert "kid_x100" not in results["directions"]["A2B"] and "paired" in results["directions"]["A2B"]
+    assert "eval/A2B/kid_x100" not in results["scores"] and "eval/A2B/l1" in results["scores"]
     out = capsys.readouterr().out
     assert "note: KID/FID skipped" in out and FID_WEIGHTS_FILENAME in out
 
@@ -103,8 +119,8 @@ def test_unpaired_dataset_notes_that_paired_metrics_are_skipped(run):
     source = get_source(run[1].config)
     source.test_pairs = []
     results = evaluate.evaluate(run[1], source, batch_size=2)
-    assert "paired" not in results["directions"]["B2A"]
-    assert any("no paired ground truth" in note for note in results["notes"])
+    assert "eval/B2A/l1" not in results["scores"] and "eval/B2A/target_rate" in results["scores"]
+    assert any("no known test pairs" in note for note in results["notes"])
 
 
 @pytest.mark.parametrize(
