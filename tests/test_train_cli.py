@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config, tiny_flags
 
+from ugatit_jax.loading import restore_run
 from ugatit_jax.train import parallel, trainer
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
@@ -158,7 +159,7 @@ def test_init_from_official_checkpoint(tmp_path):
     torch_import.save_official_checkpoint(source_model, pt)
     config.init_checkpoint = str(pt)
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
-    _, trained, _ = trainer.load_trained_model(str(tmp_path / "run"))
+    _, trained, _ = restore_run(str(tmp_path / "run"))
     before = torch_import.official_state_dicts(source_model)
     after = torch_import.official_state_dicts(trained)
     for name in before:

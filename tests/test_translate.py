@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from tiny import save_tiny_run
 
-from ugatit_jax import translate
+from ugatit_jax import loading, translate
 from ugatit_jax.data.images import read_rgb
 from ugatit_jax.data.transforms import test_transform, to_uint8
 from ugatit_jax.evaluation.visualize import strip
-from ugatit_jax.inference import make_cycle_fn, make_generator_fn
+from ugatit_jax.models.family import get_family
 from ugatit_jax.nn.cam import overlay_heatmap
 from ugatit_jax.translate import main
 
@@ -32,14 +32,17 @@ STEP = 2
 def run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     config, model = save_tiny_run(workdir, STEP)
-    gens = translate.from_networks(model, config.img_size, config, STEP, "tiny step 2")
+    model.eval()
+    gens = loading.Translator.from_model(
+        model, get_family(config), config.img_size, config=config, step=STEP, name="tiny step 2"
+    )
     return workdir, model, gens
 
 
-def expected_translation(gens, name: str, path: str):
+def expected_translation(gens, direction: str, path: str):
     """What the CLI should write for one file: (translation, heat-map overlay), computed directly."""
     image = test_transform(read_rgb(path), gens.img_size)[None]
-    fake, _, heat = make_generator_fn(gens.graphdef)(gens.params[name], image)
+    fake, _, heat = gens.translate(image, direction)
     return to_uint8(np.asarray(fake))[0], overlay_heatmap(image, np.asarray(heat))[0]
 
 
@@ -79,7 +82,7 @@ def test_translate_folder_and_file_keep_names_skip_corrupt_and_write_heatmaps(ru
     assert float(re.search(r"([0-9.]+) images/s", captured.out).group(1)) > 0
     # The run's checkpoint is restored exactly: the CLI's output equals a direct translation with its weights.
     for stem, source in (("a", tmp_path / "in" / "a.jpg"), ("sub/gray", tmp_path / "in" / "sub" / "gray.jpg")):
-        fake, overlay = expected_translation(gens, "genA2B", str(source))
+        fake, overlay = expected_translation(gens, "A2B", str(source))
         np.testing.assert_array_equal(png(out / f"{stem}.png"), fake)
         # heat maps are min-max stretched, so batch-size-dependent float rounding may move a pixel by one level
         np.testing.assert_allclose(png(out / f"{stem}_heatmap.png"), overlay, atol=1)
@@ -113,7 +116,7 @@ def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(ru
     shape = ["--img-size", "32", "--ch", "4", "--n-res", "1", "--light"]
     argv = ["--checkpoint", str(pt), *shape, "--direction", "B2A", "--input", str(image)]
     assert main([*argv, "--output", str(tmp_path / "out")]) == 0
-    fake, _ = expected_translation(gens, "genB2A", str(image))
+    fake, _ = expected_translation(gens, "B2A", str(image))
     np.testing.assert_array_equal(png(tmp_path / "out" / "face.png"), fake)
     capsys.readouterr()
     # The paper's default shape (full, ch 64, 256 px) does not fit: the importer's error, one line, exit 2.
@@ -126,7 +129,7 @@ def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(ru
 
 def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, capsys):
     workdir, _, gens = run
-    monkeypatch.setattr(translate, "load_run", lambda workdir, step=None: gens)  # already covered above; saves time
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None: gens)  # already covered above; saves time
     assert main(["--workdir", workdir, "--test-split", "--batch-size", "4"]) == 0
     assert "A2B 2, B2A 2" in capsys.readouterr().out
     out = os.path.join(workdir, "test")
@@ -140,7 +143,7 @@ def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, caps
 
     source = get_source(gens.config)
     image = test_transform(source.test_b[1], 32)[None]
-    outputs = make_cycle_fn(gens.graphdef, gens.graphdef)(gens.params["genB2A"], gens.params["genA2B"], image)
+    outputs = gens.cycle(image, "B2A")
     expected = strip(jax.device_get(outputs))
     assert expected.shape == (7 * 32, 32, 3)
     np.testing.assert_allclose(png(os.path.join(out, "B2A", "0001.png")), expected, atol=1)  # batch 2 vs 1 rounding
@@ -178,7 +181,7 @@ def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys, argv, message):
 
 def test_unreadable_only_inputs_and_usage_errors(run, tmp_path, monkeypatch, capsys):
     workdir, _, gens = run
-    monkeypatch.setattr(translate, "load_run", lambda workdir, step=None: gens)
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None: gens)
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     assert (
         main(["--workdir", workdir, "--direction", "A2B", "--input", str(tmp_path / "bad.jpg"), "--output", "o"]) == 2

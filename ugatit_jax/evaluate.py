@@ -20,7 +20,8 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.translate import Parser, UsageError, default_batch_size, load_run, run_cli
+from ugatit_jax.cli import Parser, UsageError, run_cli
+from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
 WEIGHTS_ENV = "UGATIT_INCEPTION_WEIGHTS"
@@ -90,12 +91,14 @@ def _run(args) -> None:
         weights, option = os.environ[WEIGHTS_ENV], WEIGHTS_ENV
     feature_fn = load_feature_fn(weights, option) if weights else None  # fail fast, before translating
 
-    gens = load_run(args.workdir, args.step)
-    config = ml_collections.ConfigDict(gens.config.to_dict())
+    from ugatit_jax.loading import load_run
+
+    model = load_run(args.workdir, args.step)
+    config = ml_collections.ConfigDict(model.config.to_dict())
     if args.dataset_dir:
         config.dataset_dir = args.dataset_dir
     record = evaluate(
-        gens,
+        model,
         get_source(config),
         inception_fn=feature_fn,
         kid_subset_size=args.kid_subset_size,
@@ -106,20 +109,20 @@ def _run(args) -> None:
         record["notes"].append(missing_weights_note())
     record["workdir"] = os.path.abspath(os.path.expanduser(args.workdir))
     record["inception_weights"] = os.path.abspath(os.path.expanduser(weights)) if weights else None
-    output = args.output or os.path.join(record["workdir"], "eval", f"step_{gens.step}.json")
+    output = args.output or os.path.join(record["workdir"], "eval", f"step_{model.step}.json")
     write_record(record, output)
-    print(format_table(record, f"{gens.name}: {record['dataset']} test split at {record['img_size']} px"))
+    print(format_table(record, f"{model.name}: {record['dataset']} test split at {record['img_size']} px"))
     print(f"results written to {output}")
 
 
-def evaluate(gens, source, **kwargs) -> dict:
-    """The evaluator's record for ``translate.Generators`` (a run's checkpoint or an official .pt); ``kwargs`` go
+def evaluate(model, source, **kwargs) -> dict:
+    """The evaluator's record for a ``loading.Translator`` (a run's checkpoint or an official .pt); ``kwargs`` go
     to ``Evaluator``. Adds the model's name and step, as training's records have them."""
     from ugatit_jax.evaluation.evaluator import Evaluator, make_translators
 
-    graphdefs = {"genA2B": gens.graphdef, "genB2A": gens.graphdef}
-    record = Evaluator(source, gens.img_size, **kwargs)(make_translators(graphdefs)(gens.params))
-    return {"model": gens.name, "step": gens.step, **record}
+    translators = make_translators(model.family, model.graphdefs)(model.state)
+    record = Evaluator(source, model.img_size, **kwargs)(translators)
+    return {"model": model.name, "step": model.step, **record}
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ import re
 import sys
 import urllib.parse
 
-from ugatit_jax.translate import Parser, UsageError, run_cli
+from ugatit_jax.cli import Parser, UsageError, run_cli
 
 PROG = "python -m ugatit_jax.report"
 REPORT_FILE = "report.html"

@@ -1,4 +1,4 @@
-"""Translate images with a trained U-GAT-IT, or write the official test-mode strips of a run's test split.
+"""Translate images with a trained U-GAT-IT or NICE-GAN, or write the official test-mode strips of a test split.
 
 Translate files and folders (recursive) in one direction; outputs keep the input names (``<stem>.png``) and
 sub-folders, with ``--heatmap`` adding ``<stem>_heatmap.png`` (the attention map over the input)::
@@ -12,8 +12,8 @@ Test mode, as the official ``--phase test``: for every testA (A2B) and testB (B2
 
     python -m ugatit_jax.translate --workdir runs/emoji --test-split [--output DIR] [--dataset-dir DIR]
 
-Bad input ends with exit code 2 and one ``error:`` line on stderr. jax, flax and torch are imported inside the
-functions that need them, so ``--help`` and usage errors answer at once.
+Bad input ends with exit code 2 and one ``error:`` line on stderr (``ugatit_jax.cli``). torch is imported only
+to read an official checkpoint.
 """
 
 from __future__ import annotations
@@ -26,140 +26,19 @@ import itertools
 import os
 import sys
 import time
-import types
-import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ugatit_jax.cli import Parser, UsageError, run_cli, warn_line
+from ugatit_jax.inference import default_batch_size
+
+if TYPE_CHECKING:
+    from ugatit_jax.loading import Translator
+
 PROG = "python -m ugatit_jax.translate"
-DIRECTIONS = {"A2B": ("genA2B", "genB2A"), "B2A": ("genB2A", "genA2B")}
-# The official release's model shape, used for --checkpoint when the flags are not given.
-PAPER_SHAPE = {"img_size": 256, "ch": 64, "n_res": 4, "light": False}
-
-
-def default_batch_size() -> int:
-    """8 on an accelerator; 1 on CPU, where batch 1 measured fastest (64 px: ~95 vs ~72 images/s at batch 8;
-    256 px: 0.34 vs 0.21) and needs a quarter of the memory: the activations of larger batches leave the caches."""
-    import jax
-
-    return 1 if jax.default_backend() == "cpu" else 8
-
-
-class UsageError(ValueError):
-    """Bad command-line input; the message names the option and how to fix it."""
-
-
-def fail_line(prog: str, message: str) -> None:
-    """One line on stderr: whitespace (including the newlines of nested messages) collapsed."""
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-def warn_line(message: str) -> None:
-    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage mistakes get the same single ``error:`` line and exit code 2 as every other bad input."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
-    from ugatit_jax.config import ConfigError
-    from ugatit_jax.data import DatasetError
-    from ugatit_jax.interop.torch_import import CheckpointMismatchError
-    from ugatit_jax.train.checkpoints import CheckpointError
-
-    return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)
-
-
-# ----------------------------------------------------------------------------
-# Loading the generators
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Generators:
-    """Both generators as (graph definition, parameters): what the jitted inference functions take."""
-
-    graphdef: object  # nnx.GraphDef; both generators share one architecture
-    params: dict  # "genA2B" / "genB2A" -> pure parameter state
-    img_size: int
-    config: object | None  # the run's config (None for an official checkpoint)
-    step: int | None
-    name: str  # for titles and the evaluation record
-
-
-def split_generator(gen):
-    """(graphdef, params on the default device) split as the trainer splits it, so ``inference.make_*_fn`` merge it."""
-    import jax
-    from flax import nnx
-
-    from ugatit_jax.nn.spectral_norm import PowerIterationState
-
-    graphdef, params, _ = nnx.split(gen, nnx.Param, PowerIterationState)
-    return graphdef, jax.device_put(nnx.as_pure(params))
-
-
-def from_networks(nets, img_size: int, config=None, step=None, name: str = "model") -> Generators:
-    """``Generators`` from anything with ``genA2B`` / ``genB2A`` attributes (a UGATIT, or just the two)."""
-    graphdef, params_a2b = split_generator(nets.genA2B)
-    _, params_b2a = split_generator(nets.genB2A)
-    return Generators(graphdef, {"genA2B": params_a2b, "genB2A": params_b2a}, img_size, config, step, name)
-
-
-def run_dir_or_fail(workdir: str) -> str:
-    """The run folder; checked here because Orbax would silently create a mistyped one."""
-    from ugatit_jax.train.checkpoints import checkpoint_dir
-
-    path = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(checkpoint_dir(path)):
-        what = "does not exist" if not os.path.exists(path) else "holds no checkpoints/ folder"
-        raise UsageError(f"--workdir={workdir}: {what}; pass the --workdir of a train.py run")
-    return path
-
-
-def load_run(workdir: str, step: int | None = None) -> Generators:
-    """The generators of a training run (latest checkpoint, or ``step``)."""
-    from ugatit_jax.train.trainer import load_trained_model
-
-    path = run_dir_or_fail(workdir)
-    config, model, step = load_trained_model(path, step)
-    return from_networks(model, config.img_size, config, step, f"{os.path.basename(path)} step {step}")
-
-
-def load_official(path: str, *, img_size: int, ch: int, n_res: int, light: bool) -> Generators:
-    """The two generators of an official PyTorch checkpoint; the discriminators are not needed and not built."""
-    import jax
-    from flax import nnx
-
-    from ugatit_jax.interop.torch_import import CheckpointMismatchError, load_official_checkpoint
-    from ugatit_jax.models.ugatit import Generator
-
-    if not os.path.isfile(path):
-        raise UsageError(f"--checkpoint={path}: file not found; pass an official U-GAT-IT .pt file")
-    if img_size <= 0 or img_size % 4 or ch <= 0 or n_res < 0:
-        raise UsageError(
-            f"--img-size {img_size} --ch {ch} --n-res {n_res}: img_size must be a positive multiple of 4, "
-            "ch positive and n_res >= 0"
-        )
-    # Zero-filled host arrays, not a random init: that would compile one XLA program per weight shape (seconds on a
-    # CPU) and fill 1 GB per full-model generator, for weights the checkpoint overwrites anyway (the importer
-    # checks that every one of them is present).
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Generator(ch, n_res, img_size, light, rngs=nnx.Rngs(0))))
-    empty = lambda: nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract))
-    nets = types.SimpleNamespace(genA2B=empty(), genB2A=empty())
-    shape = f"img_size {img_size}, ch {ch}, n_res {n_res}, {'light' if light else 'full'}"
-    try:
-        load_official_checkpoint(nets, path, networks=("genA2B", "genB2A"))
-    except CheckpointMismatchError as error:
-        raise CheckpointMismatchError(
-            f"--checkpoint={path}: {error}; the model was built as {shape}: pass the --img-size, --ch, --n-res "
-            "and --light the checkpoint was trained with"
-        ) from error
-    return from_networks(nets, img_size, None, None, f"{os.path.basename(path)} ({shape})")
+DIRECTIONS = ("A2B", "B2A")
+SHAPE_FLAGS = ("img_size", "ch", "n_res", "n_dis", "light")  # --checkpoint only: the official model's shape
 
 
 # ----------------------------------------------------------------------------
@@ -297,16 +176,8 @@ def plan(inputs: list[str], output: str, heatmap: bool) -> tuple[list[Job], int]
     return jobs, renamed
 
 
-def translate_paths(gens: Generators, direction: str, inputs: list[str], output: str, **kwargs) -> TranslateResult:
-    """Translate image files/folders into ``output`` (see ``translate_jobs``)."""
-    jobs, renamed = plan(inputs, output, kwargs.get("heatmap", False))
-    result = translate_jobs(gens, direction, jobs, output, **kwargs)
-    result.renamed = renamed
-    return result
-
-
 def translate_jobs(
-    gens: Generators,
+    model: Translator,
     direction: str,
     jobs: list[Job],
     output: str,
@@ -325,19 +196,19 @@ def translate_jobs(
 
     from ugatit_jax.data.transforms import to_uint8
     from ugatit_jax.evaluation.visualize import save_png
-    from ugatit_jax.inference import make_generator_fn, padded_batches
+    from ugatit_jax.inference import padded_batches
     from ugatit_jax.nn.cam import overlay_heatmap
 
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction {direction}: use A2B or B2A")
     if batch_size <= 0:
         raise UsageError(f"--batch-size {batch_size}: must be positive")
-    size = gens.img_size
+    size = model.img_size
     batch = min(batch_size, len(jobs))
-    params = jax.device_put(gens.params[DIRECTIONS[direction][0]])
     t0 = time.perf_counter()
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8)
-    translate = make_generator_fn(gens.graphdef).lower(params, spec).compile()
+    compiled = model.translate_fn.lower(model.state, spec, direction).compile()
+    translate = lambda images: compiled(model.state, images)  # noqa: E731
     compile_s = time.perf_counter() - t0
 
     os.makedirs(output, exist_ok=True)
@@ -372,7 +243,7 @@ def translate_jobs(
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         pending = None
         for k, (arr, n) in enumerate(padded_batches(images(pool), batch)):
-            result = translate(params, arr)  # asynchronous: the previous batch is written meanwhile
+            result = translate(arr)  # asynchronous: the previous batch is written meanwhile
             if pending is not None:
                 write(pending)
             pending = (readable[k * batch : k * batch + n], arr, result)
@@ -390,24 +261,22 @@ def translate_jobs(
 # ----------------------------------------------------------------------------
 
 
-def write_test_split(gens: Generators, source, output: str, *, batch_size: int = 8, progress: bool = False) -> dict:
+def write_test_split(model: Translator, source, output: str, *, batch_size: int = 8, progress: bool = False) -> dict:
     """Strips ``A2B/<key>.png`` for testA and ``B2A/<key>.png`` for testB, plus ``index.html``.
 
-    One compiled function serves both directions (the generators share a shape; only their roles swap).
+    One compiled program per direction, reused for every batch.
     """
     import jax
     from tqdm import tqdm
 
     from ugatit_jax.data import iterate_test
     from ugatit_jax.evaluation import test_strips
-    from ugatit_jax.inference import make_cycle_fn, padded_batches
+    from ugatit_jax.inference import padded_batches
 
     if batch_size <= 0:
         raise UsageError(f"--batch-size {batch_size}: must be positive")
-    size = gens.img_size
+    size = model.img_size
     batch = max(1, min(batch_size, max(len(source.test_a), len(source.test_b))))
-    fn = make_cycle_fn(gens.graphdef, gens.graphdef)
-    params = jax.device_put(gens.params)
     sections, skipped, counts = [], [], {}
     total = len(source.test_a) + len(source.test_b)
     bar = tqdm(total=total, unit="img", disable=None if progress else True, dynamic_ncols=True)
@@ -415,12 +284,11 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
         ("A2B", source.test_a, "A → B (testA translated to domain B)"),
         ("B2A", source.test_b, "B → A (testB translated to domain A)"),
     ):
-        to, back = DIRECTIONS[direction]
         batches = iterate_test(split, img_size=size, batch_size=batch)
         images = []
         for real, keys in batches:
             arr, n = next(padded_batches(list(real), batch))
-            outputs = jax.device_get(fn(params[to], params[back], arr))
+            outputs = jax.device_get(model.cycle(arr, direction))
             written = test_strips.save_strips(test_strips.column_strips(outputs, n), keys, output, direction)
             images += list(zip(written, keys))
             bar.update(n)
@@ -431,7 +299,7 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
     notes = []
     if skipped:
         notes.append(f"{len(skipped)} unreadable test image(s) left out: {', '.join(skipped)}")
-    index = test_strips.write_index(output, f"U-GAT-IT test split: {gens.name}", sections, notes)
+    index = test_strips.write_index(output, f"test split: {model.name}", sections, notes)
     return {"index": index, "counts": counts, "skipped": skipped}
 
 
@@ -443,19 +311,21 @@ def write_test_split(gens: Generators, source, output: str, *, batch_size: int =
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
-        description="Translate images with a trained U-GAT-IT, or write test-split strips (--test-split).",
+        description="Translate images with a trained model, or write test-split strips (--test-split).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
     )
     model = parser.add_argument_group("model (one of --workdir / --checkpoint)")
     model.add_argument("--workdir", help="a train.py run folder; the model shape comes from its saved config")
     model.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
-    model.add_argument("--checkpoint", help="an official PyTorch U-GAT-IT checkpoint (.pt) instead of --workdir")
+    model.add_argument("--checkpoint", help="an official PyTorch checkpoint (.pt) instead of --workdir")
+    model.add_argument("--model", choices=("ugatit", "nice"), default=None, help="--checkpoint only (default ugatit)")
     model.add_argument("--img-size", type=int, default=None, help="--checkpoint only (default 256)")
     model.add_argument("--ch", type=int, default=None, help="--checkpoint only (default 64)")
-    model.add_argument("--n-res", type=int, default=None, help="--checkpoint only (default 4)")
-    model.add_argument("--light", action="store_true", default=None, help="--checkpoint only: U-GAT-IT light")
-    parser.add_argument("--direction", choices=tuple(DIRECTIONS), help="A2B or B2A (translate mode)")
+    model.add_argument("--n-res", type=int, default=None, help="--checkpoint only (default 4; NICE-GAN 6)")
+    model.add_argument("--n-dis", type=int, default=None, help="--checkpoint only, NICE-GAN (default 7)")
+    model.add_argument("--light", action="store_true", default=None, help="--checkpoint only: the light model")
+    parser.add_argument("--direction", choices=DIRECTIONS, help="A2B or B2A (translate mode)")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders (recursive)")
     parser.add_argument("--output", help="output folder (test mode default: WORKDIR/test)")
     parser.add_argument("--heatmap", action="store_true", help="also write <stem>_heatmap.png (attention map)")
@@ -472,9 +342,12 @@ def check_model_args(args) -> None:
     if bool(args.workdir) == bool(args.checkpoint):
         raise UsageError("give exactly one of --workdir RUN and --checkpoint FILE.pt")
     if args.workdir:
-        given = [f"--{k.replace('_', '-')}" for k in PAPER_SHAPE if getattr(args, k) is not None]
+        given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if getattr(args, k) is not None]
+        given += ["--model"] if args.model is not None else []
         if given:
             raise UsageError(f"{given[0]} applies to --checkpoint only; a run's model shape comes from its config")
+        from ugatit_jax.loading import run_dir_or_fail
+
         run_dir_or_fail(args.workdir)
     else:
         if args.step is not None:
@@ -485,26 +358,28 @@ def check_model_args(args) -> None:
         raise UsageError(f"--batch-size {args.batch_size}: must be positive")
 
 
-def load_generators(args) -> Generators:
-    """From --workdir or --checkpoint; the shape flags of a checkpoint default to the paper's model."""
+def load_model(args) -> Translator:
+    """From --workdir or --checkpoint; the shape flags of a checkpoint default to its release's paper model."""
+    from ugatit_jax.loading import load_official, load_run
+
     if args.workdir:
         return load_run(args.workdir, args.step)
-    shape = {k: PAPER_SHAPE[k] if getattr(args, k) is None else getattr(args, k) for k in PAPER_SHAPE}
-    return load_official(os.path.expanduser(args.checkpoint), **shape)
+    shape = {k: getattr(args, k) for k in SHAPE_FLAGS}
+    return load_official(os.path.expanduser(args.checkpoint), model=args.model or "ugatit", **shape)
 
 
-def dataset_for_test_split(args, gens: Generators):
+def dataset_for_test_split(args, model: Translator):
     """The dataset of the run (its saved config; --dataset-dir overrides the folder), or a folder for .pt."""
     import ml_collections
 
     from ugatit_jax.data import get_source
 
-    if gens.config is None:
+    if model.config is None:
         if not args.dataset_dir:
             raise UsageError("--test-split with --checkpoint needs --dataset-dir ROOT (a folder with testA/ testB/)")
         config = ml_collections.ConfigDict({"dataset": "folder", "dataset_dir": args.dataset_dir})
     else:
-        config = ml_collections.ConfigDict(gens.config.to_dict())
+        config = ml_collections.ConfigDict(model.config.to_dict())
         if args.dataset_dir:
             config.dataset_dir = args.dataset_dir
     return get_source(config)
@@ -520,11 +395,11 @@ def _run(args) -> None:
             raise UsageError(
                 "--test-split with --checkpoint needs --dataset-dir ROOT (with testA/ testB/) and --output"
             )
-        gens = load_generators(args)
-        output = args.output or os.path.join(run_dir_or_fail(args.workdir), "test")
-        source = dataset_for_test_split(args, gens)
+        model = load_model(args)
+        output = args.output or os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "test")
+        source = dataset_for_test_split(args, model)
         batch_size = args.batch_size or default_batch_size()
-        result = write_test_split(gens, source, output, batch_size=batch_size, progress=True)
+        result = write_test_split(model, source, output, batch_size=batch_size, progress=True)
         counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
         print(f"wrote test strips ({counts}) and {result['index']}")
         if result["skipped"]:
@@ -541,10 +416,10 @@ def _run(args) -> None:
         raise UsageError("--dataset-dir applies to --test-split only")
     check_model_args(args)
     jobs, renamed = plan(args.input, args.output, args.heatmap)
-    gens = load_generators(args)
+    model = load_model(args)
     batch_size = args.batch_size or default_batch_size()
     result = translate_jobs(
-        gens, args.direction, jobs, args.output, heatmap=args.heatmap, batch_size=batch_size, progress=True
+        model, args.direction, jobs, args.output, heatmap=args.heatmap, batch_size=batch_size, progress=True
     )
     if renamed:
         print(f"note: {renamed} output name(s) changed to stay unique (extension kept, or _2, _3 added)")
@@ -554,24 +429,6 @@ def _run(args) -> None:
         f"{result.images_per_s:.2f} images/s ({result.images_per_s_with_compile:.2f} with the "
         f"{result.compile_s:.1f} s compilation)"
     )
-
-
-def show_warning_line(message, category, filename, lineno, file=None, line=None):
-    """``warnings.showwarning`` replacement: the data package's unreadable-image warnings, one line each."""
-    warn_line(str(message))
-
-
-def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
-    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning_line
-        try:
-            run(args)
-        except expected_errors() as error:
-            fail_line(prog, error)
-            return 2
-    return 0
 
 
 def main(argv=None) -> int:

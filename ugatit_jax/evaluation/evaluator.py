@@ -22,6 +22,7 @@ classifier outputs and content features of the real images, all baselines) is co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -58,29 +59,22 @@ def key(direction: str, name: str) -> str:
     return f"eval/{direction}/{name}"
 
 
-def default_batch_size() -> int:
-    """Generator batch: 1 on CPU (fastest there, see ``translate.default_batch_size``), 8 on accelerators."""
-    from ugatit_jax.translate import default_batch_size as translate_default
+def make_translators(family, graphdefs: dict) -> Callable[[dict], dict[str, Translate]]:
+    """``bind(state) -> {'A2B': ..., 'B2A': ...}`` for a family's graph definitions and the translating networks'
+    ``name -> (params, sn)`` (``inference.translation_state``). Compiled once here, so evaluating every few
+    thousand steps reuses the programs."""
+    from ugatit_jax.inference import make_translate_fn
 
-    return translate_default()
+    fn = make_translate_fn(family, graphdefs)
 
-
-def make_translators(graphdefs: dict) -> Callable[[dict], dict[str, Translate]]:
-    """``bind(params) -> {'A2B': ..., 'B2A': ...}`` for generator graph definitions and pure parameters keyed
-    'genA2B' / 'genB2A' (the train state's, or ``translate.Generators``'). Compiled once here, so evaluating
-    every few thousand steps reuses the programs; equal graph definitions share one."""
-    from ugatit_jax.inference import make_generator_fn
-
-    fn_a2b = make_generator_fn(graphdefs["genA2B"])
-    fn_b2a = fn_a2b if graphdefs["genB2A"] == graphdefs["genA2B"] else make_generator_fn(graphdefs["genB2A"])
-
-    def bind(params: dict) -> dict[str, Translate]:
-        return {
-            "A2B": lambda batch: fn_a2b(params["genA2B"], batch)[0],
-            "B2A": lambda batch: fn_b2a(params["genB2A"], batch)[0],
-        }
+    def bind(state: dict) -> dict[str, Translate]:
+        return {d: functools.partial(_first, fn, state, direction=d) for d in ("A2B", "B2A")}
 
     return bind
+
+
+def _first(fn, state, batch, *, direction):
+    return fn(state, batch, direction)[0]
 
 
 @dataclasses.dataclass
@@ -209,7 +203,7 @@ class Evaluator:
 
     def _translate(self, fn: Translate, images: np.ndarray) -> np.ndarray:
         from ugatit_jax.data.transforms import to_uint8
-        from ugatit_jax.inference import padded_batches
+        from ugatit_jax.inference import default_batch_size, padded_batches
 
         batch = max(1, min(self.batch_size or default_batch_size(), len(images)))
         out = []

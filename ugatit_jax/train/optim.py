@@ -41,3 +41,17 @@ def make_optimizer(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.scale_by_learning_rate(learning_rate_schedule(lr, iterations, decay)),
     )
+
+
+def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(generator optimiser, discriminator optimiser) with a config's official Adam settings and schedule."""
+    kwargs = dict(
+        lr=config.lr,
+        iterations=config.iterations,
+        decay=config.decay_flag,
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+    return make_optimizer(**kwargs), make_optimizer(**kwargs)

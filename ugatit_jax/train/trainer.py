@@ -21,62 +21,38 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from ugatit_jax import data as data_lib
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
-from ugatit_jax.inference import make_cycle_fn
+from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
-from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.models.family import build_model, get_family
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
-from ugatit_jax.train.state import G_NAMES, TrainState, create_train_state, update_model
+from ugatit_jax.train.nice_step import make_nice_train_step
+from ugatit_jax.train.optim import make_optimizers
+from ugatit_jax.train.state import TrainState, create_train_state
 from ugatit_jax.train.step import make_train_step
 
 log = logging.getLogger("ugatit_jax")
 
 
-def build_model(config: ml_collections.ConfigDict, seed: int | None = None) -> UGATIT:
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
-    return UGATIT(
-        config.ch,
-        config.n_res,
-        config.img_size,
-        config.light,
-        config.disc_global_layers,
-        config.disc_local_layers,
-        dtype=dtype,
-        remat=config.remat,
-        rngs=nnx.Rngs(config.seed if seed is None else seed),
-    )
-
-
-def make_optimizers(config):
-    kwargs = dict(
-        lr=config.lr,
-        iterations=config.iterations,
-        decay=config.decay_flag,
-        b1=config.adam_b1,
-        b2=config.adam_b2,
-        eps=config.adam_eps,
-        weight_decay=config.weight_decay,
-    )
-    return optim.make_optimizer(**kwargs), optim.make_optimizer(**kwargs)
-
-
 def make_step(config, graphdefs, g_tx, d_tx):
-    return make_train_step(
-        graphdefs,
+    """The pure train step of the config's model family, with the config's loss weights."""
+    common = dict(
         g_tx=g_tx,
         d_tx=d_tx,
         lr_schedule=optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag),
         adv_weight=config.adv_weight,
         cycle_weight=config.cycle_weight,
-        identity_weight=config.identity_weight,
-        cam_weight=config.cam_weight,
         gan_type=config.gan_type,
+    )
+    if get_family(config).name == "nice":
+        return make_nice_train_step(graphdefs, recon_weight=config.recon_weight, **common)
+    return make_train_step(
+        graphdefs, identity_weight=config.identity_weight, cam_weight=config.cam_weight, **common
     )
 
 
@@ -180,14 +156,14 @@ class Sampler:
             ("test", "A2B"): _spread_images(source.test_a, n, config.img_size),
             ("test", "B2A"): _spread_images(source.test_b, n, config.img_size),
         }
-        self.fn = make_cycle_fn(graphdefs["genA2B"], graphdefs["genB2A"])
+        self.family = get_family(config)
+        self.fn = make_cycle_fn(self.family, graphdefs)
         self.dir = os.path.join(workdir, "samples")
 
     def __call__(self, state: TrainState, step: int, writer: SummaryWriter) -> None:
-        params = jax.device_get({n: state.params[n] for n in G_NAMES})
+        nets = jax.device_get(translation_state(self.family, state.params, state.sn))
         for (split, direction), images in self.images.items():
-            a2b, b2a = ("genA2B", "genB2A") if direction == "A2B" else ("genB2A", "genA2B")
-            image = strip(jax.device_get(self.fn(params[a2b], params[b2a], images)))
+            image = strip(jax.device_get(self.fn(nets, images, direction)))
             save_png(image, os.path.join(self.dir, f"{direction}_{split}_{step:07d}.png"))
             writer.image(step, f"samples/{split}/{direction}", image)
 
@@ -198,12 +174,13 @@ class RunEvaluator:
 
     def __init__(self, config, source, graphdefs, workdir: str):
         self.evaluator = Evaluator(source, config.img_size)
-        self.bind = make_translators({n: graphdefs[n] for n in G_NAMES})
+        self.family = get_family(config)
+        self.bind = make_translators(self.family, graphdefs)
         self.workdir = workdir
 
     def __call__(self, state: TrainState, step: int) -> dict:
-        params = jax.device_get({n: state.params[n] for n in G_NAMES})
-        record = self.evaluator(self.bind(params))
+        nets = jax.device_get(translation_state(self.family, state.params, state.sn))
+        record = self.evaluator(self.bind(nets))
         record = {"model": f"{os.path.basename(self.workdir)} step {step}", "step": step, **record}
         write_record(record, os.path.join(self.workdir, "eval", f"step_{step}.json"))
         return record
@@ -409,28 +386,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last["step"] = step
     last["skipped_images"] = len(skipped)
     return last
-
-
-def load_trained_model(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, UGATIT, int]:
-    """(config, model with the checkpoint's weights, step) from a training run's workdir, on the default device.
-
-    The config comes from the checkpoint itself, so a model is always rebuilt with the shapes it was trained with.
-    """
-    with Checkpointer(workdir, read_only=True) as ckpt:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
-        if step not in ckpt.all_steps():
-            raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
-        config = ml_collections.ConfigDict(ckpt.read_config(step))
-        g_tx, d_tx = make_optimizers(config)
-        _, abstract_state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
-        device = jax.devices()[0]
-        sharding = jax.sharding.SingleDeviceSharding(device)
-        state, _, _ = ckpt.restore(abstract_like(abstract_state, sharding), step)
-    # The checkpoint overwrites every array: skip random initialisation (dozens of small eager compiles).
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
-    zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), device), abstract)
-    model = update_model(nnx.merge(graphdef, zeros), state)
-    model.eval()
-    return config, model, int(step)

@@ -1,0 +1,61 @@
+"""The one command-line convention of every entry point (translate, evaluate, report, export, data, launch).
+
+Bad input ends with exit code 2 and one line ``<prog>: error: <message>`` on stderr, no traceback: usage mistakes
+(argparse), and the errors that mean "fix your input" (``expected_errors``), which carry a message naming the
+option or file and the fix. Anything else is a bug and keeps its traceback. Warnings (e.g. an unreadable image
+that is skipped) are one ``warning:`` line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message names the option and how to fix it."""
+
+
+def fail_line(prog: str, message) -> None:
+    """One line on stderr: whitespace (including the newlines of nested messages) collapsed."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def warn_line(message) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same single ``error:`` line and exit code 2 as every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
+    from ugatit_jax.config import ConfigError
+    from ugatit_jax.data import DatasetError
+    from ugatit_jax.interop.torch_import import CheckpointMismatchError
+    from ugatit_jax.train.checkpoints import CheckpointError
+
+    return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)
+
+
+def show_warning_line(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` replacement: one line per warning."""
+    warn_line(str(message))
+
+
+def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
+    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning_line
+        try:
+            run(args)
+        except expected_errors() as error:
+            fail_line(prog, error)
+            return 2
+    return 0

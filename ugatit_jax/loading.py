@@ -1,0 +1,185 @@
+"""Load a trained model for inference, from a training run or an official PyTorch checkpoint, either family::
+
+    from ugatit_jax import load
+    model = load("runs/emoji")                       # a train.py run: latest checkpoint (or step=N)
+    image, cam_logit, heatmap = model.translate(images, "A2B")   # images uint8 or [-1, 1], (B, H, W, 3)
+
+    model = load("selfie2anime_params_latest.pt", light=True)    # official U-GAT-IT .pt (paper shape by default)
+    model = load("horse2zebra_params_latest.pt", model="nice", light=True)   # official NICE-GAN .pt
+
+Nothing here imports the trainer. Weights are restored into a zero-filled model (``models.family.empty_model``),
+never randomly initialised first: that would compile one XLA program per weight shape and fill memory twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from ugatit_jax.config import ConfigError
+from ugatit_jax.inference import make_cycle_fn, make_translate_fn, translation_state
+from ugatit_jax.models.family import DIRECTIONS, Family, empty_model, get_family
+from ugatit_jax.nn.spectral_norm import PowerIterationState
+
+# The official releases' default model shapes, for an official checkpoint whose shape flags are not given.
+PAPER_SHAPE = {
+    "ugatit": {"img_size": 256, "ch": 64, "n_res": 4, "light": False},
+    "nice": {"img_size": 256, "ch": 64, "n_res": 6, "n_dis": 7, "light": False},
+}
+
+
+@dataclasses.dataclass
+class Translator:
+    """A trained model's translating networks and what it was trained with.
+
+    ``state`` maps each network a translation reads to its (params, spectral-norm state), on the default device.
+    """
+
+    family: Family
+    graphdefs: Mapping[str, nnx.GraphDef]
+    state: dict
+    img_size: int
+    config: ml_collections.ConfigDict | None  # the run's config (None for an official checkpoint)
+    step: int | None
+    name: str  # for titles and evaluation records
+
+    def __post_init__(self):
+        self._translate = make_translate_fn(self.family, self.graphdefs)
+        self._cycle = None
+
+    @classmethod
+    def from_model(cls, model: nnx.Module, family: Family, img_size: int, *, config=None, step=None, name="model"):
+        """Any family container (e.g. ``UGATIT``, ``NICE``) holding at least the translating networks."""
+        graphdefs, params, sn = {}, {}, {}
+        for n in dict.fromkeys(n for nets in family.translation_networks.values() for n in nets):
+            graphdefs[n], p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
+            params[n], sn[n] = nnx.as_pure(p), nnx.as_pure(s)
+        state = jax.device_put(translation_state(family, params, sn))
+        return cls(family, graphdefs, state, img_size, config, step, name)
+
+    def translate(self, images, direction: str):
+        """``(image float32 in [-1, 1], cam_logit, heatmap)`` for a batch (B, H, W, 3), uint8 or in [-1, 1]."""
+        check_direction(direction)
+        return self._translate(self.state, images, direction)
+
+    def cycle(self, images, direction: str) -> dict:
+        """Identity, translation and cycle images with their heat maps (the official sample strip's rows)."""
+        check_direction(direction)
+        if self._cycle is None:
+            self._cycle = make_cycle_fn(self.family, self.graphdefs)
+        return self._cycle(self.state, images, direction)
+
+    @property
+    def translate_fn(self):
+        """The jitted ``fn(state, images, direction)`` behind ``translate`` (to ``.lower`` it ahead of time)."""
+        return self._translate
+
+
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction {direction!r}: use one of {DIRECTIONS}")
+
+
+def run_dir_or_fail(workdir: str) -> str:
+    """The run folder; checked here because Orbax would silently create a mistyped one."""
+    from ugatit_jax.train.checkpoints import checkpoint_dir
+
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if not os.path.isdir(checkpoint_dir(path)):
+        what = "does not exist" if not os.path.exists(path) else "holds no checkpoints/ folder"
+        raise ConfigError(f"--workdir={workdir}: {what}; pass the --workdir of a train.py run")
+    return path
+
+
+def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+    """(config, model in eval mode with the checkpoint's weights, step) of a run, on the default device.
+
+    The config comes from the checkpoint itself, so the model is rebuilt with the shapes it was trained with.
+    """
+    from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+    from ugatit_jax.train.optim import make_optimizers
+    from ugatit_jax.train.state import create_train_state, update_model
+
+    path = run_dir_or_fail(workdir)
+    with Checkpointer(path, read_only=True) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
+        if step not in ckpt.all_steps():
+            raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
+        config = ml_collections.ConfigDict(ckpt.read_config(step))
+        g_tx, d_tx = make_optimizers(config)
+        _, abstract_state = nnx.eval_shape(lambda: create_train_state(empty_model(config), g_tx, d_tx))
+        device = jax.devices()[0]
+        state, _, _ = ckpt.restore(abstract_like(abstract_state, jax.sharding.SingleDeviceSharding(device)), step)
+    model = update_model(empty_model(config, device), state)
+    model.eval()
+    return config, model, int(step)
+
+
+def load_run(workdir: str, step: int | None = None) -> Translator:
+    """The translating networks of a training run (latest checkpoint, or ``step``)."""
+    config, model, step = restore_run(workdir, step)
+    name = f"{os.path.basename(os.path.abspath(os.path.expanduser(workdir)))} step {step}"
+    return Translator.from_model(model, get_family(config), config.img_size, config=config, step=step, name=name)
+
+
+def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.ConfigDict:
+    """The config of an official checkpoint's model: the release's defaults, overridden by ``shape`` (None = keep)."""
+    if model not in PAPER_SHAPE:
+        raise ConfigError(f"--model {model}: use one of {sorted(PAPER_SHAPE)}")
+    from ugatit_jax.config import base_config
+
+    config = base_config()
+    config.model = model
+    config.update({k: v for k, v in {**PAPER_SHAPE[model], **shape}.items() if v is not None})
+    if config.img_size <= 0 or config.img_size % 4 or config.ch <= 0 or config.n_res < 0:
+        raise ConfigError(
+            f"--img-size {config.img_size} --ch {config.ch} --n-res {config.n_res}: img_size must be a positive "
+            "multiple of 4, ch positive and n_res >= 0"
+        )
+    return config
+
+
+def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translator:
+    """The translating networks of an official PyTorch checkpoint (only those are built and read)."""
+    from ugatit_jax.interop.torch_import import CheckpointMismatchError, load_official_checkpoint
+
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--checkpoint={path}: file not found; pass an official {model} .pt file")
+    config = official_config(model, **shape)
+    family = get_family(config)
+    net = empty_model(config)
+    names = tuple(dict.fromkeys(n for nets in family.translation_networks.values() for n in nets))
+    described = ", ".join(f"{k} {config[k]}" for k in PAPER_SHAPE[model] if k != "light")
+    described += ", light" if config.light else ", full"
+    try:
+        load_official_checkpoint(net, path, networks=names)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(
+            f"--checkpoint={path}: {error}; the model was built as {model} ({described}): pass the shape flags "
+            "(--img-size, --ch, --n-res, --light, --n-dis) the checkpoint was trained with"
+        ) from error
+    net.eval()
+    name = f"{os.path.basename(path)} ({model}, {described})"
+    return Translator.from_model(net, family, config.img_size, name=name)
+
+
+def load(path: str, *, step: int | None = None, model: str = "ugatit", **shape: Any) -> Translator:
+    """A run folder (``train.py --workdir``) or an official ``.pt`` file, as a ``Translator``.
+
+    ``step`` picks a run's checkpoint; ``model`` ("ugatit" / "nice") and ``shape`` (``img_size``, ``ch``,
+    ``n_res``, ``light``, ``n_dis``) describe an official checkpoint, defaulting to that release's paper shape.
+    """
+    if os.path.isdir(os.path.expanduser(path)):
+        return load_run(path, step)
+    if step is not None:
+        raise ConfigError("step applies to a run folder only; an official checkpoint holds one step")
+    return load_official(path, model=model, **shape)

@@ -1,0 +1,136 @@
+"""The two model families behind one description, so training, loading, translation and export need no family names.
+
+Everything outside ``models/`` asks a ``Family`` which networks exist, which ones an optimiser holds and how a
+direction translates; nothing else spells ``"genA2B"`` or ``"gen2B"``. A translation is always
+``(image (B, H, W, 3) in [-1, 1], cam_logit, heatmap)``: U-GAT-IT's generator returns all three itself; NICE-GAN's
+come from the source domain's discriminator-encoder (its CAM logit and attention map) and the target generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ugatit_jax.models.nice import NICE
+from ugatit_jax.models.ugatit import UGATIT
+
+DIRECTIONS = ("A2B", "B2A")
+REVERSE = {"A2B": "B2A", "B2A": "A2B"}
+
+Translation = tuple[jax.Array, jax.Array, jax.Array]  # image, cam_logit, heatmap
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family: how to build it from a config and how its networks translate."""
+
+    name: str
+    model_class: type
+    build: Callable[[Any, nnx.Rngs], nnx.Module]  # (config, rngs) -> the container of every network
+    # direction -> the networks a translation reads, in call order
+    translation_networks: Mapping[str, tuple[str, ...]]
+    # (networks by name, images in [-1, 1], direction) -> Translation
+    translate: Callable[[Mapping[str, nnx.Module], jax.Array, str], Translation]
+
+    @property
+    def generators(self) -> tuple[str, ...]:
+        return self.model_class.GENERATORS
+
+    @property
+    def discriminators(self) -> tuple[str, ...]:
+        return self.model_class.DISCRIMINATORS
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.model_class.NAMES
+
+
+def _dtype(config):
+    return jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None
+
+
+def _build_ugatit(config, rngs: nnx.Rngs) -> UGATIT:
+    return UGATIT(
+        config.ch,
+        config.n_res,
+        config.img_size,
+        config.light,
+        config.disc_global_layers,
+        config.disc_local_layers,
+        dtype=_dtype(config),
+        remat=config.get("remat", False),
+        rngs=rngs,
+    )
+
+
+def _translate_ugatit(nets, x, direction):
+    return nets["genA2B" if direction == "A2B" else "genB2A"](x)
+
+
+def _build_nice(config, rngs: nnx.Rngs) -> NICE:
+    return NICE(
+        config.ch,
+        config.n_res,
+        config.n_dis,
+        config.img_size,
+        config.light,
+        dtype=_dtype(config),
+        remat=config.get("remat", False),
+        rngs=rngs,
+    )
+
+
+def _translate_nice(nets, x, direction):
+    encoder, generator = ("disA", "gen2B") if direction == "A2B" else ("disB", "gen2A")
+    z, cam_logit, heatmap = nets[encoder].encode(x)
+    image = nets[generator](z)
+    return image, cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
+
+
+FAMILIES = {
+    "ugatit": Family(
+        name="ugatit",
+        model_class=UGATIT,
+        build=_build_ugatit,
+        translation_networks={"A2B": ("genA2B",), "B2A": ("genB2A",)},
+        translate=_translate_ugatit,
+    ),
+    "nice": Family(
+        name="nice",
+        model_class=NICE,
+        build=_build_nice,
+        translation_networks={"A2B": ("disA", "gen2B"), "B2A": ("disB", "gen2A")},
+        translate=_translate_nice,
+    ),
+}
+
+
+def get_family(config_or_name) -> Family:
+    """The family of a config (``config.model``, "ugatit" when absent: runs saved before NICE-GAN) or a name."""
+    name = config_or_name if isinstance(config_or_name, str) else config_or_name.get("model", "ugatit")
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def build_model(config, seed: int | None = None) -> nnx.Module:
+    """Every network of ``config``'s family, randomly initialised as the official code does (seeded)."""
+    return get_family(config).build(config, nnx.Rngs(config.seed if seed is None else seed))
+
+
+def empty_model(config, device=None) -> nnx.Module:
+    """The model's structure with zero-filled arrays, without running the random initialisation.
+
+    For anything that overwrites every weight right away (a checkpoint restore, an official ``.pt`` import):
+    the eager initialisation compiles one small XLA program per weight shape (seconds on a CPU) and allocates the
+    full model twice. ``device`` None keeps host numpy arrays.
+    """
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, seed=0)))
+    put = (lambda a: a) if device is None else (lambda a: jax.device_put(a, device))
+    return nnx.merge(graphdef, jax.tree.map(lambda s: put(np.zeros(s.shape, s.dtype)), abstract))
