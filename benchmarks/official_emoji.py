@@ -1,0 +1,131 @@
+"""Ours or the model's? Train the official PyTorch U-GAT-IT on the embedded emoji set, judged like our runs.
+
+The official networks (``networks.py`` of znxlwm/UGATIT-pytorch, from a checkout or bare git directory the user
+names; none of that code is in this repository) are trained with ``torch_reference.OfficialStep`` (the official
+loop: D update, G update, rho clip, Adam with coupled L2) and the official linear learning-rate decay from the
+half-way step, on **exactly our batches**: the same data pipeline, transforms, seed and settings as
+``train.py --config configs/emoji.py``. At the end the two generators are written in the official checkpoint
+format, imported into our model and judged by the same evaluation as a training run of ours
+(``workdir/eval/step_<N>.json``), so the two can be compared number for number::
+
+    python benchmarks/official_emoji.py --official /path/to/UGATIT-pytorch --workdir runs/official_emoji \\
+        [--config configs/emoji.py] [--config.seed=1 ...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def official_lr(config, step: int) -> float:
+    """The official schedule: constant, then after ``iterations // 2`` minus ``lr / (iterations // 2)`` per step."""
+    half = config.iterations // 2
+    if not config.decay_flag or step <= half:
+        return config.lr
+    return config.lr - (step - half) * (config.lr / half)
+
+
+def train_official(networks, config, workdir: pathlib.Path, threads: int | None, log_every: int = 50):
+    """``config.iterations`` official steps on our pipeline's batches; returns the OfficialStep."""
+    import numpy as np
+    import torch
+    from torch_reference import OfficialStep
+
+    from ugatit_jax import data as data_lib
+
+    official = OfficialStep(networks, config, threads=threads)
+    source = data_lib.get_source(config)
+    batches = data_lib.make_train_iterator(
+        source,
+        img_size=config.img_size,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        crop_margin=config.crop_margin,
+        num_workers=config.num_workers,
+        process_index=0,
+        process_count=1,
+    )
+    to_torch = lambda x: torch.from_numpy(np.transpose(x.astype(np.float32) / 127.5 - 1.0, (0, 3, 1, 2)).copy())
+    log = open(workdir / "official_losses.jsonl", "w")  # noqa: SIM115
+    start = time.perf_counter()
+    for step in range(1, config.iterations + 1):
+        lr = official_lr(config, step)
+        for optim in (official.G_optim, official.D_optim):
+            optim.param_groups[0]["lr"] = lr
+        batch = next(batches)
+        d_loss, g_loss = official(to_torch(batch["A"]), to_torch(batch["B"]))
+        if step % log_every == 0 or step == config.iterations:
+            elapsed = time.perf_counter() - start
+            record = {"step": step, "d_loss": d_loss, "g_loss": g_loss, "lr": lr, "seconds": elapsed}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(f"step {step}/{config.iterations}: d_loss {d_loss:.4f} g_loss {g_loss:.4f} ({elapsed:.0f} s)")
+    batches.close()
+    log.close()
+    return official
+
+
+def evaluate_checkpoint(config, checkpoint: pathlib.Path) -> dict:
+    """The official generators imported into our model and judged by the evaluator our training runs use."""
+    import jax
+    from flax import nnx
+
+    from ugatit_jax import data as data_lib
+    from ugatit_jax.data.transforms import as_model_input
+    from ugatit_jax.evaluation.evaluator import Evaluator
+    from ugatit_jax.interop.torch_import import load_official_checkpoint
+    from ugatit_jax.models.family import empty_model
+
+    model = empty_model(config)
+    load_official_checkpoint(model, str(checkpoint), networks=("genA2B", "genB2A"))
+    graphdef, params = nnx.split(model.genA2B)
+    params_b2a = nnx.state(model.genB2A)
+    apply = jax.jit(lambda p, x: nnx.merge(graphdef, p)(as_model_input(x))[0])
+    translators = {"A2B": lambda x: apply(params, x), "B2A": lambda x: apply(params_b2a, x)}
+    evaluator = Evaluator(data_lib.get_source(config), config.img_size, batch_size=32)
+    return evaluator(translators)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/official_emoji.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--official", required=True, help="checkout (or bare git dir) of znxlwm/UGATIT-pytorch")
+    parser.add_argument("--workdir", required=True, help="where the official checkpoint and evaluation go")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "emoji.py"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a.removeprefix("--config.") for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+
+    import torch
+    from throughput import load_config
+    from torch_reference import import_official
+
+    from ugatit_jax.evaluation.evaluator import format_table, write_record
+
+    config = load_config(args.config, overrides)
+    workdir = pathlib.Path(args.workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    networks = import_official(args.official)
+    official = train_official(networks, config, workdir, args.threads)
+    checkpoint = workdir / "official_params.pt"
+    torch.save({name: getattr(official, name).state_dict() for name in ("genA2B", "genB2A")}, checkpoint)
+    record = evaluate_checkpoint(config, checkpoint)
+    record["official"] = {"losses": str(workdir / "official_losses.jsonl"), "checkpoint": str(checkpoint)}
+    write_record(record, str(workdir / "eval" / f"step_{config.iterations:07d}.json"))
+    print(format_table(record, title=f"official U-GAT-IT, {config.iterations} steps"))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    main()
