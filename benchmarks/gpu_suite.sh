@@ -52,7 +52,7 @@ if [ -n "$missing" ]; then
     done <<< "$missing"
     if [ ${#wheels[@]} -gt 0 ]; then
         SITE=/tmp/gpu_suite_site
-        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        if PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
             "${wheels[@]}"; then
             export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
             installed=$(printf '%s ' "${wheels[@]##*/}")
