@@ -158,6 +158,8 @@ class Suite:
         if src.stat().st_size <= 15 * 2**20:
             shutil.copyfile(src, self.out / "profile.xplane.pb")
             profile["copied_to"] = str(self.out / "profile.xplane.pb")
+        else:
+            profile["not_copied"] = f"{src.stat().st_size / 2**20:.0f} MiB: over what comes back from the machine"
 
     # ----------------------------------------------------------------------------------------------- environment
     def probe_environment(self) -> bool:
@@ -279,6 +281,8 @@ class Suite:
         profiled = [r for r in self.rows if r.result and r.result.get("profile")]
         for row in profiled:
             lines += ["", f"## Profile: {row.key}", "", throughput.profile_table(row.result["profile"]).rstrip()]
+            if row.result["profile"].get("not_copied"):
+                lines += ["", f"The trace stayed on the machine ({row.result['profile']['not_copied']})."]
             if row.result["profile"].get("copied_to"):
                 lines += ["", "The trace itself: `profile.xplane.pb` beside this file (xprof or TensorBoard opens it)."]
         failed = [r for r in self.rows if r.status in ("failed", "timed out", "stopped") and r.log_tail]
