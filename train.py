@@ -33,7 +33,11 @@ def main(argv: list[str]) -> None:
         fail("--config is required, e.g. --config configs/emoji.py")
     if not FLAGS.workdir:
         fail("--workdir is required, e.g. --workdir runs/emoji")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # force: loading the config file may already have logged through the root logger, which installs a
+    # WARNING-level handler that would silently swallow every progress line below.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True
+    )
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

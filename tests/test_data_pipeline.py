@@ -83,6 +83,16 @@ def test_each_epoch_visits_every_image_once_in_a_new_order():
     assert all(sorted(ids_b[i : i + 8]) == list(range(100, 108)) for i in (0, 8, 16))
 
 
+def test_batch_size_one_the_official_default_streams_and_restores():
+    """Batch 1 once overflowed grain's length arithmetic on the endless stream (a traceback on the first step)."""
+    source = _source(n_a=5, n_b=3)
+    reference = _take(_iterator(source, global_batch_size=1), 11)
+    assert sorted(_item_ids(reference[:5], "A")) == list(range(5))  # one epoch of A, one image per batch
+    restored = _iterator(source, global_batch_size=1)
+    restored.set_state(json.loads(json.dumps({**restored.get_state(), "step": 7})))
+    _assert_same(_take(restored, 4), reference[7:])
+
+
 def test_domains_are_shuffled_independently():
     twins = _ids(16, 0)
     source = UnpairedSource(

@@ -32,7 +32,8 @@ def run(tmp_path_factory):
         mp.setattr(logger, "disabled", False)
         mp.setattr(logging.root.manager, "disable", logging.NOTSET)
         logger.addHandler(handler)
-        old_level, logger.level = logger.level, logging.INFO
+        old_level = logger.level
+        logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the enabled-for cache of earlier tests
         try:
             config = tiny_config(iterations=STEPS, eval_every=STEPS, sample_every=1, batch_size=8)
             result = trainer.train_and_evaluate(config, workdir)
@@ -41,7 +42,7 @@ def run(tmp_path_factory):
             assert evaluate.main(["--workdir", workdir, "--output", output]) == 0
         finally:
             logger.removeHandler(handler)
-            logger.level = old_level
+            logger.setLevel(old_level)
     return workdir, result, "\n".join(r.getMessage() for r in records)
 
 
@@ -109,7 +110,7 @@ def test_resume_forgets_what_was_logged_past_the_restored_step(tmp_path):
 
 
 def test_sample_indices_spread_over_the_split():
-    assert trainer.spread_indices(389, 5) == [0, 97, 194, 292, 388]
+    assert trainer.spread_indices(389, 5) == [0, 97, 194, 291, 388]  # 388 * i / 4
     assert trainer.spread_indices(3, 5) == [0, 1, 2] and trainer.spread_indices(10, 1) == [5]
     assert trainer.spread_indices(0, 5) == []
     for n, k in ((3540, 5), (7, 4), (100, 100)):

@@ -46,6 +46,9 @@ def _let_grain_read_unparsed_flags() -> None:
         flags.FLAGS["grain_enable_multiprocess_worker_profiling"].present = True
 
 
+_ENDLESS = 2**62  # pairs per endless stream: see ``_dataset``
+
+
 class _WithSkips:
     """Grain source returning (image, skipped) so skips reach the main process even from workers."""
 
@@ -142,7 +145,11 @@ class TrainIterator(Iterator):
 
     def _dataset(self, start: int) -> grain.IterDataset:
         domains = [self._domain(i, split) for i, split in enumerate(self._splits.values())]
-        dataset = grain.experimental.ZipMapDataset(domains).batch(self.local_batch_size, batch_fn=_collate)
+        # repeat() makes each domain sys.maxsize long; grain's batch() divides that length in floating point, which
+        # rounds past sys.maxsize for batch size 1. Cutting the zipped stream at 2**62 pairs (exact in a float; more
+        # than any run draws) keeps every index, so saved positions stay valid.
+        zipped = grain.experimental.ZipMapDataset(domains)[:_ENDLESS]
+        dataset = zipped.batch(self.local_batch_size, batch_fn=_collate)
         dataset = dataset[start:].to_iter_dataset(
             grain.ReadOptions(num_threads=self._num_threads, prefetch_buffer_size=max(2, self._num_threads))
         )
