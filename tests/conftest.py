@@ -22,7 +22,7 @@ HERE = pathlib.Path(__file__).parent
 # compile after the first into a cache hit, across pytest-xdist workers and train.py subprocesses too.
 XLA_CACHE = os.environ.get("UGATIT_TEST_XLA_CACHE") or os.path.expanduser("~/.cache/ugatit_jax/xla-tests")
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def golden_dirs() -> list[pathlib.Path]:

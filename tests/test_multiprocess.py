@@ -44,7 +44,7 @@ def _worker(spec: dict) -> None:
     parallel.maybe_initialize_distributed()
     cache = os.environ.get("UGATIT_TEST_XLA_CACHE") or os.path.expanduser("~/.cache/ugatit_jax/xla-tests")
     jax.config.update("jax_compilation_cache_dir", cache)  # as conftest.py: compiles shared with the test session
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     config = tiny_config(batch_size=WORKER_BATCH, xla_cache_dir="")
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)

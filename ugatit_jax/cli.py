@@ -51,6 +51,9 @@ def show_warning_line(message, category, filename, lineno, file=None, line=None)
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
     """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
     args = parser.parse_args(argv)
+    from ugatit_jax.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
     with warnings.catch_warnings():
         warnings.showwarning = show_warning_line
         try:

@@ -10,6 +10,8 @@ import os
 
 import ml_collections
 
+from ugatit_jax import compilation_cache
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODELS = ("ugatit", "nice")
 DATASETS = ("emoji", "folder", "tfds", "synthetic")
@@ -73,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 10_000  # paired L1/PSNR on held-out pairs (datasets that have them); 0 = never
     c.checkpoint_every = 10_000
     c.keep_checkpoints = 3
-    c.xla_cache_dir = "~/.cache/ugatit_jax/xla"  # persistent compilation cache ("" = off)
+    c.xla_cache_dir = compilation_cache.DEFAULT_DIR  # persistent compilation cache ("" = off)
     return c
 
 

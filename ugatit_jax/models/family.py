@@ -19,6 +19,7 @@ from flax import nnx
 
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.nn.jit_init import jit_init
 
 DIRECTIONS = ("A2B", "B2A")
 REVERSE = {"A2B": "B2A", "B2A": "A2B"}
@@ -120,16 +121,18 @@ def get_family(config_or_name) -> Family:
 
 
 def build_model(config, seed: int | None = None) -> nnx.Module:
-    """Every network of ``config``'s family, randomly initialised as the official code does (seeded)."""
-    return get_family(config).build(config, nnx.Rngs(config.seed if seed is None else seed))
+    """Every network of ``config``'s family, randomly initialised as the official code does (seeded), by one
+    compiled program (``ugatit_jax.nn.jit_init``)."""
+    family = get_family(config)
+    return jit_init(lambda rngs: family.build(config, rngs), config.seed if seed is None else seed)
 
 
 def empty_model(config, device=None) -> nnx.Module:
     """The model's structure with zero-filled arrays, without running the random initialisation.
 
     For anything that overwrites every weight right away (a checkpoint restore, an official ``.pt`` import):
-    the eager initialisation compiles one small XLA program per weight shape (seconds on a CPU) and allocates the
-    full model twice. ``device`` None keeps host numpy arrays.
+    the random initialisation compiles and runs a program (seconds on a CPU) and allocates the full model
+    twice. ``device`` None keeps host numpy arrays.
     """
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, seed=0)))
     put = (lambda a: a) if device is None else (lambda a: jax.device_put(a, device))

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from ugatit_jax import data as data_lib
+from ugatit_jax.compilation_cache import enable_compilation_cache
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
@@ -51,9 +52,7 @@ def make_step(config, graphdefs, g_tx, d_tx):
     )
     if get_family(config).name == "nice":
         return make_nice_train_step(graphdefs, recon_weight=config.recon_weight, **common)
-    return make_train_step(
-        graphdefs, identity_weight=config.identity_weight, cam_weight=config.cam_weight, **common
-    )
+    return make_train_step(graphdefs, identity_weight=config.identity_weight, cam_weight=config.cam_weight, **common)
 
 
 def check_workdir(workdir: str) -> str:
@@ -66,17 +65,6 @@ def check_workdir(workdir: str) -> str:
     except OSError as e:
         raise ConfigError(f"--workdir={workdir}: not writable ({e.strerror or e}); choose another folder") from e
     return path
-
-
-def enable_compilation_cache(cache_dir: str) -> None:
-    """Persistent XLA cache: a resumed or repeated run skips recompiling the step."""
-    if not cache_dir:
-        return
-    path = os.path.abspath(os.path.expanduser(cache_dir))
-    with contextlib.suppress(OSError):
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 class StopSignal:
