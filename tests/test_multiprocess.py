@@ -95,7 +95,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
-from tiny import tiny_config, tiny_flags  # noqa: E402
+from tiny import subprocess_xla_flags, tiny_config, tiny_flags  # noqa: E402
 
 from ugatit_jax.train import state as train_state  # noqa: E402
 from ugatit_jax.train import trainer  # noqa: E402
@@ -107,7 +107,7 @@ _live: list[subprocess.Popen] = []
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "UGATIT_INIT_TIMEOUT"}
-    env.pop("XLA_FLAGS", None)  # conftest forces 8 host devices: the launcher sets JAX_NUM_CPU_DEVICES instead
+    env["XLA_FLAGS"] = subprocess_xla_flags()  # no forced device count: the launcher sets JAX_NUM_CPU_DEVICES
     env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE])
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -10,7 +10,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from tiny import tiny_config, tiny_flags
+from tiny import subprocess_xla_flags, tiny_config, tiny_flags
 
 from ugatit_jax.loading import restore_run
 from ugatit_jax.train import parallel, trainer
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _env(devices=1):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = subprocess_xla_flags(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     return env

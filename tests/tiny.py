@@ -1,5 +1,7 @@
 """A tiny but complete U-GAT-IT configuration for fast training tests (compiles in seconds on CPU)."""
 
+import os
+
 import jax
 
 from ugatit_jax.config import base_config
@@ -67,3 +69,11 @@ def save_tiny_run(workdir: str, step: int = 2):
     ckpt.save(step, state, {}, config, force=True)
     ckpt.close()
     return config, model
+
+
+def subprocess_xla_flags(devices: int | None = None) -> str:
+    """This test process's XLA flags (set in conftest.py) for a subprocess, with ``devices`` fake host devices
+    (None: the subprocess's own default)."""
+    device_flag = "--xla_force_host_platform_device_count"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(device_flag)]
+    return " ".join(flags + ([f"{device_flag}={devices}"] if devices else []))
