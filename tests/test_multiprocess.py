@@ -264,21 +264,27 @@ def fixed_runs(tmp_path_factory):
 
 
 def _assert_close_run(got: dict, ref: dict, steps: int) -> dict:
-    """The tolerance of tests/test_train_step.py::test_eight_devices_match_one; returns the largest differences."""
+    """Losses rtol 1e-5; parameters by the rule of tests/test_nice_networks.py::test_eight_devices_match_one: every
+    element within 1e-4 of its tensor's scale except at most 0.1% of all, and none further apart than Adam can move
+    an element in ``steps`` steps (2 * lr each). The all-reduce sums in another order, which decides the sign of
+    Adam's step for gradient elements that are zero up to rounding. Returns the largest differences."""
     config = tiny_config()
     assert int(got["step"]) == int(ref["step"]) == K_STEPS
     n = len(got["losses"])
     np.testing.assert_allclose(got["losses"], ref["losses"][-n:], rtol=1e-5)
     worst = {"loss_rel": float(np.max(np.abs(got["losses"] - ref["losses"][-n:]) / np.abs(ref["losses"][-n:])))}
     worst["param_abs"] = 0.0
+    outliers = total = 0
     for key in ref:
         if key in ("losses", "step"):
             continue
-        a, b = got[key], ref[key]
-        tol = 1e-4 * float(np.max(np.abs(b))) + 1e-3 * config.lr * steps
-        diff = float(np.max(np.abs(a - b)))
-        assert diff <= tol, (key, diff, tol)
-        worst["param_abs"] = max(worst["param_abs"], diff)
+        diff = np.abs(got[key].astype(np.float64) - ref[key])
+        assert float(diff.max()) <= 2 * config.lr * steps, (key, float(diff.max()))
+        outliers += int(np.sum(diff > 1e-4 * float(np.max(np.abs(ref[key]))) + 1e-3 * config.lr * steps))
+        total += diff.size
+        worst["param_abs"] = max(worst["param_abs"], float(diff.max()))
+    assert outliers <= 1e-3 * total, f"{outliers} of {total} elements beyond 1e-4 relative"
+    worst["outliers"] = f"{outliers} of {total}"
     return worst
 
 
