@@ -63,3 +63,27 @@ def pytest_generate_tests(metafunc):
                 metafunc.parametrize(fixture, [pytest.param(None, marks=skip)], ids=[f"no-{model}"], scope="module")
             else:  # the project's own copy must hold both families
                 raise FileNotFoundError(f"no {model} golden fixture folders under {HERE / 'golden'}")
+
+
+# pytest-xdist runs each file on one worker (``--dist loadfile`` in pyproject.toml: a module fixture, such as a
+# multi-process run or a golden step, is then computed once, not once per worker) and hands out files in
+# collection order (``--no-loadscope-reorder``). The slowest files (cold cache, 2-core CPU) go first, so no long
+# file starts last and runs alone.
+SLOWEST_FIRST = (
+    "test_multiprocess.py",
+    "test_train_cli.py",
+    "test_nice_training.py",
+    "test_checkpoints_damaged.py",
+    "test_parity_nice.py",
+    "test_parity_step.py",
+    "test_networks.py",
+    "test_nice_networks.py",
+    "test_mixed_precision.py",
+    "test_train_step.py",
+    "test_shard_state.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept

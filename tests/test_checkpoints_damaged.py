@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from tiny import random_model, tiny_config
+from tiny import random_model, run_config, tiny_config
 
 from ugatit_jax.train import trainer
 from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError, abstract_like
@@ -106,12 +106,14 @@ def test_all_damaged_is_an_error(three_checkpoints):
 def test_training_resumes_past_a_damaged_checkpoint(tmp_path):
     """The reported case: a truncated _CHECKPOINT_METADATA in the latest of three checkpoints of a real run."""
     workdir = str(tmp_path / "run")
+    config = run_config(checkpoint_every=1)  # both runs: one config, one compiled step
     chex.clear_trace_counter()
-    trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=3, checkpoint_every=1), workdir)
-    _truncate(os.path.join(workdir, "checkpoints", "3", "_CHECKPOINT_METADATA"))
+    trainer.train_and_evaluate(config, workdir)
+    _truncate(os.path.join(workdir, "checkpoints", "4", "_CHECKPOINT_METADATA"))
     chex.clear_trace_counter()
-    result = trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=4, checkpoint_every=1), workdir)
+    result = trainer.train_and_evaluate(config, workdir)  # resumes from 3, trains step 4 again
     assert result["step"] == 4
-    assert glob.glob(os.path.join(workdir, "checkpoints", "damaged", "3-*"))
+    assert glob.glob(os.path.join(workdir, "checkpoints", "damaged", "4-*"))
     with Checkpointer(workdir, read_only=True) as ckpt:
         assert ckpt.latest_step() == 4
+        assert ckpt.damage(4) is None

@@ -27,6 +27,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 K_STEPS = 3  # worker runs: steps of global batch 4
 WORKER_BATCH = 4
+# train.py runs through the launcher. The worker's config differs from theirs only in settings the step program
+# does not see, so the worker's compiled steps serve them from the persistent cache: the 1x4 step, and process 0
+# of the 2x2 ones (on CPU, JAX's cache key holds a topology fingerprint that differs between the processes of one
+# run, so process 1 finds nothing that process 0 wrote and compiles its own; measured with jax 0.10.2).
+ITERATIONS = 8
+RUN = dict(
+    batch_size=WORKER_BATCH,
+    iterations=ITERATIONS,
+    checkpoint_every=2,
+    log_every=1,
+    sample_every=1000,
+    eval_every=ITERATIONS,
+)
 
 
 # ------------------------------------------------------------------------------------------------------- worker
@@ -37,15 +50,15 @@ def _worker(spec: dict) -> None:
     import numpy as np
     from tiny import random_model, tiny_config
 
+    from ugatit_jax.compilation_cache import enable_compilation_cache
     from ugatit_jax.train import parallel, trainer
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.state import create_train_state
 
     parallel.maybe_initialize_distributed()
-    cache = os.environ.get("UGATIT_TEST_XLA_CACHE") or os.path.expanduser("~/.cache/ugatit_jax/xla-tests")
-    jax.config.update("jax_compilation_cache_dir", cache)  # as conftest.py: compiles shared with the test session
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    config = tiny_config(batch_size=WORKER_BATCH, xla_cache_dir="")
+    # the test session's cache (conftest.py): compiles shared with train.py runs and the tests
+    enable_compilation_cache(os.environ.get("UGATIT_TEST_XLA_CACHE") or "~/.cache/ugatit_jax/xla-tests")
+    config = tiny_config(**RUN, xla_cache_dir="")
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
     shape = (WORKER_BATCH, 32, 32, 3)
@@ -304,11 +317,6 @@ def test_checkpoint_crosses_process_counts(fixed_runs):
 
 
 # ------------------------------------------------------------------------------------------ train.py through launch
-ITERATIONS = 8
-RUN = dict(
-    batch_size=4, iterations=ITERATIONS, checkpoint_every=2, log_every=1, sample_every=1000, eval_every=ITERATIONS
-)
-
 
 def _train_cmd(workdir, *flags) -> list[str]:
     return ["train.py", "--config", "configs/default.py", "--workdir", str(workdir), *tiny_flags(**RUN), *flags]

@@ -8,18 +8,18 @@ import re
 
 import numpy as np
 import pytest
-from tiny import tiny_config
+from tiny import run_config, tiny_config
 
 from ugatit_jax import evaluate, report
 from ugatit_jax.evaluation import domain_classifier as dc
 from ugatit_jax.train import trainer
 
-STEPS = 2
+STEPS = run_config().iterations  # the in-process runs' shared step program
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """(workdir, returned metrics, captured log) of a 2-step run evaluating and sampling at its last step."""
+    """(workdir, returned metrics, captured log) of a STEPS-step run evaluating and sampling at its last step."""
     workdir = str(tmp_path_factory.mktemp("run"))
     records = []
     handler = logging.Handler()
@@ -35,7 +35,7 @@ def run(tmp_path_factory):
         old_level = logger.level
         logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the enabled-for cache of earlier tests
         try:
-            config = tiny_config(iterations=STEPS, eval_every=STEPS, sample_every=1, batch_size=8)
+            config = run_config(eval_every=STEPS, sample_every=1)
             result = trainer.train_and_evaluate(config, workdir)
             # the evaluate CLI on the checkpoint the run just saved, while the same classifier cache is in place
             output = os.path.join(workdir, "cli.json")

@@ -1,6 +1,7 @@
 """train.py end to end: bad input fails cleanly; kill -9 / SIGTERM and resume reproduce an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import chex
 import jax
 import numpy as np
 import pytest
-from tiny import subprocess_xla_flags, tiny_config, tiny_flags
+from flax import nnx
+from tiny import run_config, subprocess_xla_flags, tiny_config, tiny_flags
 
 from ugatit_jax.loading import restore_run
 from ugatit_jax.train import parallel, trainer
@@ -66,11 +68,13 @@ def test_unwritable_workdir_is_one_line(tmp_path):
     _fails_cleanly(blocked / "run", *tiny_flags(), expect="--workdir")
 
 
-def _final_state(workdir):
-    config = tiny_config()
-    model = trainer.build_model(config)
+def _abstract_state(config):
     g_tx, d_tx = trainer.make_optimizers(config)
-    _, state = train_state.create_train_state(model, g_tx, d_tx)
+    return nnx.eval_shape(lambda: train_state.create_train_state(trainer.build_model(config), g_tx, d_tx))[1]
+
+
+def _final_state(workdir):
+    state = _abstract_state(tiny_config())
     ckpt = Checkpointer(str(workdir), async_save=False)
     step = ckpt.latest_step()
     restored, data_state, _ = ckpt.restore(abstract_like(state, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
@@ -97,11 +101,12 @@ RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=10, log_every=5)
 def test_interrupted_runs_resume_exactly(tmp_path):
     """SIGTERM (clean save, exit 0), then kill -9, then a plain re-run: same parameters as one uninterrupted run."""
     flags = tiny_flags(**RUN_FLAGS)
-    ref = _train(tmp_path / "ref", *flags)
     broken = tmp_path / "broken"
 
     first = _train(broken, *flags)
     _wait_for_checkpoint(broken, first)
+    # Started once the first run has compiled (and cached) every program: one compilation instead of two at once.
+    ref = _train(tmp_path / "ref", *flags)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
@@ -136,15 +141,15 @@ def test_interrupted_runs_resume_exactly(tmp_path):
 def test_restore_onto_another_device_count(tmp_path):
     """A run saved with 8 devices (in this process) resumes on 1 device (a fresh train.py)."""
     workdir = tmp_path / "run"
-    config = tiny_config(batch_size=8, iterations=2, checkpoint_every=2)
+    config = run_config(checkpoint_every=2)
     result = trainer.train_and_evaluate(config, str(workdir))
-    assert result["step"] == 2 and jax.device_count() == 8
-    proc = _train(workdir, *tiny_flags(batch_size=8, iterations=4, checkpoint_every=2), devices=1)
+    assert result["step"] == 4 and jax.device_count() == 8
+    proc = _train(workdir, *tiny_flags(batch_size=8, iterations=6, checkpoint_every=2), devices=1)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "resumed from" in err and "at step 2" in err
+    assert "resumed from" in err and "at step 4" in err
     step, state, _ = _final_state(workdir)
-    assert step == 4 and int(state.step) == 4
+    assert step == 6 and int(state.step) == 6
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
     assert parallel.DATA_AXIS == "data"
 
@@ -173,17 +178,26 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     """A step that turns the parameters into NaN/inf ends the run with DivergedError (train.py: one error line)
     before that state is saved; the last good checkpoint stays the latest.
 
-    The resumed run's lr of 1e38 makes its first Adam step overflow the parameters; metrics are logged too rarely
-    to notice, so the check before each save (metrics and parameters) is what stops it."""
+    A 4-step run is cut back to its checkpoint 2, whose parameters are scaled by 1e30: finite, so they restore,
+    but the next step overflows them. Metrics are logged too rarely to notice, so the check before each save is
+    what stops it. (Both runs have one config: one compiled step.)"""
     workdir = tmp_path / "run"
-    chex.clear_trace_counter()  # each run compiles its own step: two runs in one process
-    trainer.train_and_evaluate(tiny_config(batch_size=8, iterations=2, checkpoint_every=1), str(workdir))
+    config = run_config(checkpoint_every=1, log_every=1000)
     chex.clear_trace_counter()
-    diverging = tiny_config(batch_size=8, lr=1e38, iterations=4, checkpoint_every=1, log_every=1000)
+    trainer.train_and_evaluate(config, str(workdir))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with Checkpointer(str(workdir), read_only=True) as ckpt:
+        state, data_state, _ = ckpt.restore(abstract_like(_abstract_state(config), sharding), 2)
+    for step in (2, 3, 4):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    poisoned = state.replace(params=jax.tree.map(lambda x: x * np.float32(1e30), state.params))
+    with Checkpointer(str(workdir), async_save=False) as ckpt:
+        ckpt.save(2, poisoned, data_state, config, force=True)
+    chex.clear_trace_counter()
     with pytest.raises(
         trainer.DivergedError, match=r"training diverged at step 3: non-finite .*g_loss.*parameters"
     ) as info:
-        trainer.train_and_evaluate(diverging, str(workdir))
+        trainer.train_and_evaluate(config, str(workdir))
     assert "last checkpoint (step 2) is kept" in str(info.value)
     step, state, _ = _final_state(workdir)
     assert step == 2 and int(state.step) == 2

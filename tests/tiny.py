@@ -30,6 +30,13 @@ def tiny_config(**overrides):
     return c
 
 
+def run_config(**overrides):
+    """The tiny config of the tests that train in-process (8 devices). ``iterations`` sets the learning-rate
+    schedule, which is part of the compiled step: one value for all of them makes their train step one program,
+    compiled once per test session (the persistent cache serves the others)."""
+    return tiny_config(**{"batch_size": 8, "iterations": 4, **overrides})
+
+
 # The same settings as command-line overrides for train.py.
 def tiny_flags(**overrides):
     c = tiny_config(**overrides)
