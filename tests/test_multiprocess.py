@@ -318,6 +318,7 @@ def test_checkpoint_crosses_process_counts(fixed_runs):
 
 # ------------------------------------------------------------------------------------------ train.py through launch
 
+
 def _train_cmd(workdir, *flags) -> list[str]:
     return ["train.py", "--config", "configs/default.py", "--workdir", str(workdir), *tiny_flags(**RUN), *flags]
 
