@@ -93,6 +93,25 @@ class NiceGolden(_Fixture):
         return NICE(c["ch"], c["n_res"], c["n_dis"], c["img_size"], c["light"], rngs=nnx.Rngs(0), **kw)
 
 
+def reordered_sum_outliers(pairs, lr: float, steps: int) -> tuple[int, int, float]:
+    """Parameters of two runs of the same step whose all-reduces sum in another order (8 devices vs 1, 2 processes
+    x 2 devices vs 1 x 4): ``pairs`` of (name, got, expected).
+
+    For gradient elements that are zero up to rounding, the order decides the sign of Adam's step, so no element
+    may be further apart than Adam can move it in ``steps`` steps (2 * lr each: asserted here), and the caller
+    bounds how many lie beyond 1e-4 of their tensor's scale (plus 0.1% of lr * steps). Returns (those outliers,
+    all elements, the largest absolute difference)."""
+    outliers = total = 0
+    worst = 0.0
+    for name, got, expected in pairs:
+        diff = np.abs(np.asarray(got, np.float64) - expected)
+        assert float(diff.max()) <= 2 * lr * steps, (name, float(diff.max()))
+        outliers += int(np.sum(diff > 1e-4 * float(np.max(np.abs(expected))) + 1e-3 * lr * steps))
+        total += diff.size
+        worst = max(worst, float(diff.max()))
+    return outliers, total, worst
+
+
 def step_parameter_outliers(ours: dict, ref: dict, lr: float) -> tuple[int, int]:
     """Compare every parameter of ``after_step.pt`` (``ref``, official state dicts) with ``ours``.
 

@@ -155,16 +155,19 @@ def test_restore_onto_another_device_count(tmp_path):
 
 
 def test_init_from_official_checkpoint(tmp_path):
-    """--config.init_checkpoint starts from an official-format .pt: after one step every weight is within lr of it."""
+    """--config.init_checkpoint starts from an official-format .pt: after one step every weight is within lr of it.
+
+    (The run is the in-process runs' 4 steps, one compiled program for all of them; its step-1 checkpoint is kept.)"""
     from ugatit_jax.interop import torch_import
 
-    config = tiny_config(batch_size=8, iterations=1, checkpoint_every=1)
+    config = run_config(checkpoint_every=1, keep_checkpoints=4)
     source_model = trainer.build_model(config, seed=123)  # a different init than the run's own seed 0
     pt = tmp_path / "official.pt"
     torch_import.save_official_checkpoint(source_model, pt)
     config.init_checkpoint = str(pt)
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
-    _, trained, _ = restore_run(str(tmp_path / "run"))
+    _, trained, step = restore_run(str(tmp_path / "run"), step=1)
+    assert step == 1
     before = torch_import.official_state_dicts(source_model)
     after = torch_import.official_state_dicts(trained)
     for name in before:

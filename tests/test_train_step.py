@@ -60,7 +60,7 @@ def test_eight_devices_match_one(batches):
 def test_step_traces_once(batches):
     """Five steps, one trace: the step is guarded by chex.assert_max_traces(n=1) in parallel.jit_train_step."""
     config = tiny_config(batch_size=8)
-    state, losses = _run(config, jax.devices()[:2], batches[:5])
+    state, losses = _run(config, jax.devices(), batches[:5])  # the 8-device program of the test above
     assert int(state.step) == 5
     assert np.all(np.isfinite(losses))
 

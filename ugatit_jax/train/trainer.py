@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from ugatit_jax import data as data_lib
 from ugatit_jax.compilation_cache import enable_compilation_cache
@@ -281,16 +282,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     mesh = parallel.make_mesh()
     source = data_lib.get_source(config)
-    model = build_model(config)
-    if config.init_checkpoint:
-        torch_import.load_official_checkpoint(model, os.path.expanduser(config.init_checkpoint))
-        log.info("initialised from official checkpoint %s", config.init_checkpoint)
-    g_tx, d_tx = make_optimizers(config)
-    graphdefs, state = create_train_state(model, g_tx, d_tx)
-    del model
-    state_shardings = parallel.state_shardings(state, mesh, config.shard_state)
-    state = parallel.place_state(state, state_shardings)
-
     train_iter = data_lib.make_train_iterator(
         source,
         img_size=config.img_size,
@@ -300,12 +291,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_workers=config.num_workers,
     )
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
+    resuming = ckpt.latest_step() is not None
+    g_tx, d_tx = make_optimizers(config)
+    if resuming:
+        # The checkpoint holds every array: shapes only, no random initialisation (seconds of every restart).
+        graphdefs, state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
+    else:
+        model = build_model(config)
+        if config.init_checkpoint:
+            torch_import.load_official_checkpoint(model, os.path.expanduser(config.init_checkpoint))
+            log.info("initialised from official checkpoint %s", config.init_checkpoint)
+        graphdefs, state = create_train_state(model, g_tx, d_tx)
+        del model
+    state_shardings = parallel.state_shardings(state, mesh, config.shard_state)
+    if resuming:
         state, data_state, _ = ckpt.restore(abstract_like(state, state_shardings))
         data_state = host_data_state(data_state, train_iter.get_state())
         if data_state:
             train_iter.set_state(data_state)
         log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+    else:
+        state = parallel.place_state(state, state_shardings)
     start = int(jax.device_get(state.step))
 
     step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=state_shardings)
