@@ -18,9 +18,10 @@ flags.DEFINE_string("workdir", None, "Folder for checkpoints, TensorBoard logs a
 def fail(message: str) -> None:
     """One line on stderr and exit code 2: bad input is the user's to fix, a traceback would only hide that."""
     print(f"train.py: error: {message}", file=sys.stderr)
-    # Said once is enough: a failed restore leaves Orbax's abandoned array reads behind, and Python would print
-    # each one's traceback ("Exception ignored in: <coroutine ...>") when it finalises them on the way out.
+    # Said once is enough: a failed restore leaves Orbax's abandoned array reads behind, and on the way out Python
+    # would print each one's traceback ("Exception ignored in: <coroutine ...>"), or asyncio would log it.
     sys.unraisablehook = lambda unraisable: None
+    logging.disable(logging.CRITICAL)
     sys.exit(2)
 
 
