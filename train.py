@@ -21,6 +21,7 @@ def fail(message: str) -> None:
     # Said once is enough: a failed restore leaves Orbax's abandoned array reads behind, and on the way out Python
     # would print each one's traceback ("Exception ignored in: <coroutine ...>"), or asyncio would log it.
     sys.unraisablehook = lambda unraisable: None
+    sys.excepthook = lambda *exc_info: None  # tensorstore callbacks report errors of a closed event loop through it
     logging.disable(logging.CRITICAL)
     sys.exit(2)
 
