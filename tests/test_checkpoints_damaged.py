@@ -9,19 +9,17 @@ import chex
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from tiny import random_model, run_config, tiny_config
 
 from ugatit_jax.train import trainer
 from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError, abstract_like
-from ugatit_jax.train.state import create_train_state
+from ugatit_jax.train.state import abstract_train_state, create_train_state
 
 STEPS = (2, 3, 4)
 
 
 def _abstract(config):
-    g_tx, d_tx = trainer.make_optimizers(config)
-    _, abstract = nnx.eval_shape(lambda: create_train_state(trainer.build_model(config), g_tx, d_tx))
+    _, abstract = abstract_train_state(config, *trainer.make_optimizers(config))
     return abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
 

@@ -11,7 +11,6 @@ import chex
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from tiny import run_config, subprocess_xla_flags, tiny_config, tiny_flags
 
 from ugatit_jax.loading import restore_run
@@ -69,8 +68,7 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 
 def _abstract_state(config):
-    g_tx, d_tx = trainer.make_optimizers(config)
-    return nnx.eval_shape(lambda: train_state.create_train_state(trainer.build_model(config), g_tx, d_tx))[1]
+    return train_state.abstract_train_state(config, *trainer.make_optimizers(config))[1]
 
 
 def _final_state(workdir):

@@ -104,7 +104,7 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     """
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.optim import make_optimizers
-    from ugatit_jax.train.state import create_train_state, update_model
+    from ugatit_jax.train.state import abstract_train_state, update_model
 
     path = run_dir_or_fail(workdir)
     with Checkpointer(path, read_only=True) as ckpt:
@@ -115,7 +115,7 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
             raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
         config = ml_collections.ConfigDict(ckpt.read_config(step))
         g_tx, d_tx = make_optimizers(config)
-        _, abstract_state = nnx.eval_shape(lambda: create_train_state(empty_model(config), g_tx, d_tx))
+        _, abstract_state = abstract_train_state(config, g_tx, d_tx)
         device = jax.devices()[0]
         state, _, _ = ckpt.restore(abstract_like(abstract_state, jax.sharding.SingleDeviceSharding(device)), step)
     model = update_model(empty_model(config, device), state)

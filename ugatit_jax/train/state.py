@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ugatit_jax.models.family import build_model
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
@@ -82,6 +83,14 @@ def create_train_state(
         d_names=d_names,
     )
     return graphdefs, state
+
+
+def abstract_train_state(
+    config, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
+) -> tuple[dict[str, nnx.GraphDef], TrainState]:
+    """(graph definitions, shapes of the initial state) of ``config``'s model, without running its random
+    initialisation: the target of a checkpoint restore, which fills every array."""
+    return nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
 
 
 def merge_networks(graphdefs: Mapping[str, nnx.GraphDef], state: TrainState, names=None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from ugatit_jax import data as data_lib
 from ugatit_jax.compilation_cache import enable_compilation_cache
@@ -35,7 +34,7 @@ from ugatit_jax.train import optim, parallel
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
-from ugatit_jax.train.state import TrainState, create_train_state
+from ugatit_jax.train.state import TrainState, abstract_train_state, create_train_state
 from ugatit_jax.train.step import make_train_step
 
 log = logging.getLogger("ugatit_jax")
@@ -295,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     g_tx, d_tx = make_optimizers(config)
     if resuming:
         # The checkpoint holds every array: shapes only, no random initialisation (seconds of every restart).
-        graphdefs, state = nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
+        graphdefs, state = abstract_train_state(config, g_tx, d_tx)
     else:
         model = build_model(config)
         if config.init_checkpoint:
