@@ -29,6 +29,13 @@ def fail(message: str) -> None:
 def main(argv: list[str]) -> None:
     try:
         FLAGS(argv)
+        if FLAGS.config is not None:
+            FLAGS.config.keys()  # ml_collections loads the file lazily: a missing or broken one fails on first use
+    except OSError:
+        path = None  # the last --config given (absl keeps the last); ml_collections' record stops at the failure
+        for arg, value in zip(argv, [*argv[1:], None]):
+            path = arg.split("=", 1)[1] if arg.startswith("--config=") else value if arg == "--config" else path
+        fail(f"--config={path}: cannot load it; give a config file such as configs/emoji.py")
     except flags.Error as e:
         fail(str(e).splitlines()[0])
     except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have

@@ -55,6 +55,7 @@ def _fails_cleanly(workdir, *flags, devices=1, expect=""):
         (["--config.batch_size=3"], 2, "config.batch_size"),
         (["--config.gan_type=wgan"], 1, "config.gan_type"),
         (["--config.dataset=folder", "--config.dataset_dir=/nonexistent/data"], 1, "/nonexistent/data"),
+        (["--config", "/nonexistent/config.py"], 1, "--config=/nonexistent/config.py: cannot load it"),
     ],
 )
 def test_bad_config_is_one_line(tmp_path, flags, devices, expect):
