@@ -16,13 +16,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def _unbiased_var(x: jax.Array, axes: tuple[int, ...], mean: jax.Array) -> jax.Array:
-    n = 1
-    for a in axes:
-        n *= x.shape[a]
-    return jnp.sum(jnp.square(x - mean), axis=axes, keepdims=True) / (n - 1)
-
-
 def instance_layer_mix(x: jax.Array, rho: jax.Array, eps: float, rho_ln: jax.Array | None = None) -> jax.Array:
     """rho * IN(x) + rho_ln * LN(x) on NHWC, in float32; ``rho_ln`` defaults to 1 - rho (U-GAT-IT).
 

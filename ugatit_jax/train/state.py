@@ -11,9 +11,6 @@ the state as static (non-array) fields, so the same code serves both families.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -91,12 +88,6 @@ def abstract_train_state(
     """(graph definitions, shapes of the initial state) of ``config``'s model, without running its random
     initialisation: the target of a checkpoint restore, which fills every array."""
     return nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
-
-
-def merge_networks(graphdefs: Mapping[str, nnx.GraphDef], state: TrainState, names=None) -> dict[str, Any]:
-    """Rebuild live NNX networks (all of the state's, or ``names``) from the state (inside or outside jit)."""
-    names = state.names if names is None else names
-    return {n: nnx.merge(graphdefs[n], state.params[n], state.sn[n]) for n in names}
 
 
 def update_model(model, state: TrainState):
