@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from typing import Any
 
 import jax
@@ -165,6 +166,16 @@ class Checkpointer:
         reason = self.damage(step)
         if reason:
             raise DamagedCheckpointError(step, reason)
+        # Damage or a different model? The saved array shapes (from metadata) against the run's, checked before
+        # any array is read: a restore that fails part-way leaves Orbax's reads running, whose callbacks print
+        # tracebacks ("Event loop is closed") while the error unwinds.
+        wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(abstract_state))
+        try:
+            saved = self._saved_shapes(step)
+        except Exception as meta_error:  # noqa: BLE001 - orbax/tensorstore raise many types for unreadable files
+            raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from None
+        if saved != wanted:
+            raise CheckpointError(self._misfit(step, _shape_difference(saved, wanted)))
         try:
             restored = self.manager.restore(
                 step,
@@ -175,19 +186,17 @@ class Checkpointer:
                 ),
             )
         except Exception as e:  # noqa: BLE001 - TensorStore read errors are bare Exceptions
-            # Damage or a different model? The saved array shapes (from metadata) against the run's.
-            try:
-                saved = self._saved_shapes(step)
-            except Exception as meta_error:  # noqa: BLE001
-                raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from e
-            wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(abstract_state))
-            if saved == wanted:
-                raise DamagedCheckpointError(step, f"arrays unreadable ({_first_line(e)})") from e
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} does not fit this run's model (change the config back to the "
-                f"one saved in {self.directory}/{step}/config, or use a new --workdir): {e}"
-            ) from e
+            # The shapes fit (above), so an array that does not read back is damage (e.g. a truncated file), or
+            # another dtype: named in the message either way.
+            raise DamagedCheckpointError(step, f"arrays unreadable ({_first_line(e)})") from e
         return restored.state, dict(restored.data or {}), dict(restored.config or {})
+
+    def _misfit(self, step: int, detail: str) -> str:
+        folder = f"{self.directory}/{step}"
+        return (
+            f"checkpoint {folder} does not fit this run's model (change the config back to the one saved in "
+            f"{folder}/config, or use a new --workdir): {detail}"
+        )
 
     def move_aside(self, step: int, reason: str) -> str:
         """Move damaged checkpoint ``step`` to ``damaged/<step>-<time>`` (process 0; all processes wait)."""
@@ -230,6 +239,18 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()  # also on an error: an asynchronous save still in flight completes
+
+
+def _shape_difference(saved: list[tuple[int, ...]], wanted: list[tuple[int, ...]], shown: int = 3) -> str:
+    """The array shapes only the checkpoint has and only the model has (a few of each), for the misfit message."""
+    only_saved, only_wanted = Counter(saved) - Counter(wanted), Counter(wanted) - Counter(saved)
+    listed = lambda c: (
+        ", ".join(str(shape) for shape in sorted(c.elements())[:shown]) + (", ..." if c.total() > shown else "")
+    )
+    return (
+        f"{len(saved)} arrays saved, {len(wanted)} in the model; shapes only saved: {listed(only_saved) or 'none'}; "
+        f"only in the model: {listed(only_wanted) or 'none'}"
+    )
 
 
 def abstract_like(state, sharding) -> Any:
