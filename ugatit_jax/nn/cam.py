@@ -7,6 +7,8 @@ these helpers also colour and overlay U-GAT-IT's own heat maps for the sample st
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,15 +53,21 @@ def colorize_heatmap(heatmap, out_size=None) -> np.ndarray:
 
     Like the official release, each map is normalised on its own, then resized to ``out_size`` (H, W).
     """
-    hm = jnp.asarray(heatmap, jnp.float32)
+    size = None if out_size is None else tuple(out_size)
+    hm = np.clip(np.asarray(_normalized(jnp.asarray(heatmap, jnp.float32), size)), 0.0, 1.0)
+    rgb = [np.interp(hm, *zip(*_JET[c])) for c in "rgb"]
+    return np.round(np.stack(rgb, axis=-1) * 255.0).astype(np.uint8)
+
+
+@functools.partial(jax.jit, static_argnames="out_size")
+def _normalized(hm: jax.Array, out_size: tuple[int, int] | None) -> jax.Array:
+    """(B, h, w[, 1]) -> (B, H, W) in [0, 1]: one compiled program per shape (eagerly, each op compiled its own)."""
     if hm.ndim == 4:
         hm = hm[..., 0]
     hm = minmax_normalize(hm)
     if out_size is not None:
         hm = jax.image.resize(hm, (hm.shape[0], *out_size), method="bilinear")
-    hm = np.clip(np.asarray(hm), 0.0, 1.0)
-    rgb = [np.interp(hm, *zip(*_JET[c])) for c in "rgb"]
-    return np.round(np.stack(rgb, axis=-1) * 255.0).astype(np.uint8)
+    return hm
 
 
 def overlay_heatmap(image_uint8, heatmap, alpha: float = 0.5) -> np.ndarray:
