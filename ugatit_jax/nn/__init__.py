@@ -1,5 +1,4 @@
-"""The building blocks a researcher lifts: spectral norm, ILN/AdaILN, CAM attention, class activation maps, and
-``apply_blocks`` (a run of identical residual blocks as one scanned body).
+"""The building blocks a researcher lifts: spectral norm, ILN/AdaILN, CAM attention, class activation maps.
 
 Each module is independent of the two model families in ``ugatit_jax.models`` and of training.
 """
@@ -8,7 +7,6 @@ from ugatit_jax.nn.attention import CAMAttention
 from ugatit_jax.nn.cam import class_activation_map, colorize_heatmap, overlay_heatmap
 from ugatit_jax.nn.jit_init import jit_init
 from ugatit_jax.nn.norms import ILN, AdaILN, clip_rho
-from ugatit_jax.nn.repeat import apply_blocks
 from ugatit_jax.nn.spectral_norm import PowerIterationState, SpectralNorm
 
 __all__ = [
@@ -17,7 +15,6 @@ __all__ = [
     "ILN",
     "PowerIterationState",
     "SpectralNorm",
-    "apply_blocks",
     "class_activation_map",
     "clip_rho",
     "colorize_heatmap",
