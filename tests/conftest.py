@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 
 # Tests compile far more than they run (tiny shapes, a few steps): LLVM's lowest optimisation level halves XLA's
 # CPU compile time (cold cache, 2-core Xeon: the forward parity tests 75 -> 37 s, the train-step tests 269 ->
@@ -20,7 +21,8 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # the flag, and an unknown XLA flag is fatal, so it is set for older jax only (found without importing jax: the
 # flags must be in place before jax starts its backend). Its code differs from the new emitters' only in float
 # rounding; every parity tolerance holds with either.
-if tuple(int(p) for p in importlib.metadata.version("jax").split(".")[:2]) < (0, 11):
+JAX_VERSION = re.match(r"(\d+)\.(\d+)", importlib.metadata.version("jax"))
+if JAX_VERSION and (int(JAX_VERSION[1]), int(JAX_VERSION[2])) < (0, 11):
     TEST_XLA_FLAGS += " --xla_cpu_use_fusion_emitters=false"
 # Must happen before jax initialises its backends: multi-device tests run on fake CPU devices.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
