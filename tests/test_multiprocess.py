@@ -4,9 +4,10 @@ Every run is tiny (tests/tiny.py), has a hard timeout and runs in its own proces
 failure. Expensive runs live in module-scoped fixtures so each multi-process training happens once.
 
 Two kinds of runs:
-* this file as a worker script (``python tests/test_multiprocess.py worker SPEC``): fixed global batches fed as
-  each process's rows, so a 2x2 run and a 1x4 run see the same data and must agree (the real pipeline gives
-  each host its own images by design);
+* fixed-batch runs (``_worker``): fixed global batches fed as each process's rows, so a 2x2 run and a 1x4 run see
+  the same data and must agree (the real pipeline gives each host its own images by design). The 2x2 runs launch
+  this file as a worker script (``python tests/test_multiprocess.py worker SPEC``), the 1x4 ones run in the test
+  process on 4 of its 8 devices;
 * ``train.py`` itself through the launcher, for resume, kill -9, process-0 outputs and bad input.
 """
 
@@ -28,9 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 K_STEPS = 3  # worker runs: steps of global batch 4
 WORKER_BATCH = 4
 # train.py runs through the launcher. The worker's config differs from theirs only in settings the step program
-# does not see, so the worker's compiled steps serve them from the persistent cache: the 1x4 step, and process 0
-# of the 2x2 ones (on CPU, JAX's cache key holds a topology fingerprint that differs between the processes of one
-# run, so process 1 finds nothing that process 0 wrote and compiles its own; measured with jax 0.10.2).
+# does not see, so the 2x2 worker's compiled step serves process 0 of theirs from the persistent cache (on CPU,
+# JAX's cache key holds a topology fingerprint that differs between the processes of one run, so process 1 finds
+# nothing that process 0 wrote and compiles its own; measured with jax 0.10.2).
 ITERATIONS = 8
 RUN = dict(
     batch_size=WORKER_BATCH,
@@ -43,8 +44,10 @@ RUN = dict(
 
 
 # ------------------------------------------------------------------------------------------------------- worker
-def _worker(spec: dict) -> None:
-    """One process of a fixed-batch run: ``jobs`` run in order; process 0 writes each job's losses + params."""
+def _worker(spec: dict, devices=None) -> None:
+    """One process of a fixed-batch run over ``devices`` (default: all, every process's): ``jobs`` run in order;
+    process 0 writes each job's losses + params. The 1x4 runs call it in the test process itself, on 4 of its 8
+    devices (one process, four devices, as a 1x4 launch, without starting Python and compiling in another)."""
     import chex
     import jax
     import numpy as np
@@ -59,7 +62,7 @@ def _worker(spec: dict) -> None:
     # the test session's cache (conftest.py): compiles shared with train.py runs and the tests
     enable_compilation_cache(os.environ.get("UGATIT_TEST_XLA_CACHE") or "~/.cache/ugatit_jax/xla-tests")
     config = tiny_config(**RUN, xla_cache_dir="")
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(devices)
     rng = np.random.default_rng(0)
     shape = (WORKER_BATCH, 32, 32, 3)
     batches = [{d: rng.integers(0, 256, shape, np.uint8) for d in "AB"} for _ in range(K_STEPS)]
@@ -258,11 +261,15 @@ def test_saved_position_resumes_each_host():
 @pytest.fixture(scope="module")
 def fixed_runs(tmp_path_factory):
     """A: 1x4 from init (checkpoint at step 1). B: 2x2 from init (checkpoint at 1), then, in the same processes,
-    D: 2x2 from A's step-1 checkpoint. C: 1x4 from B's step-1 checkpoint. All end at step K_STEPS."""
+    D: 2x2 from A's step-1 checkpoint. C: 1x4 from B's step-1 checkpoint. All end at step K_STEPS. The 1x4 runs
+    (A, C) run in this process on 4 of its devices, the 2x2 ones (B, D) in one launch of two processes."""
     d = tmp_path_factory.mktemp("fixed")
     path = lambda name: str(d / name)
     times = {}
-    times["1x4"] = _worker_run(1, 4, [dict(out=path("A.npz"), save=path("ckA"), save_step=1)])
+    four = jax.devices()[:4]  # 1 process x 4 devices: this one
+    t = time.perf_counter()
+    _worker({"jobs": [dict(out=path("A.npz"), save=path("ckA"), save_step=1)]}, four)
+    times["1x4"] = time.perf_counter() - t
     times["2x2"] = _worker_run(
         2,
         2,
@@ -271,7 +278,9 @@ def fixed_runs(tmp_path_factory):
             dict(out=path("D.npz"), restore=path("ckA"), restore_step=1),
         ],
     )
-    times["1x4 restore"] = _worker_run(1, 4, [dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)])
+    t = time.perf_counter()
+    _worker({"jobs": [dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)]}, four)
+    times["1x4 restore"] = time.perf_counter() - t
     runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCD"}
     runs["times"] = times
     return runs
