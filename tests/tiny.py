@@ -54,9 +54,9 @@ def random_model(config, seed: int = 0):
     import numpy as np
     from flax import nnx
 
-    from ugatit_jax.train.trainer import build_model
+    from ugatit_jax.models.family import abstract_model
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
+    graphdef, abstract = abstract_model(config)
     rng = np.random.default_rng(seed)
     draw = lambda s: jax.device_put((0.3 * rng.standard_normal(s.shape)).astype(s.dtype))
     return nnx.merge(graphdef, jax.tree.map(draw, abstract))

@@ -35,10 +35,16 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array) -> M:
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     if isinstance(key, jax.core.Tracer):
         return construct(nnx.Rngs(key))
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: construct(nnx.Rngs(0))))
+    # The graph definition (static structure, no arrays) is taken from the one trace of ``init``: tracing the
+    # construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and JAX's error message
+    # for that walks the whole trace), so it is not traced a second time under ``nnx.eval_shape`` for it.
+    graphdefs = []
 
     @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
     def init(key: jax.Array) -> nnx.State:
-        return nnx.split(construct(nnx.Rngs(key)))[1]
+        graphdef, state = nnx.split(construct(nnx.Rngs(key)))
+        graphdefs.append(graphdef)
+        return state
 
-    return nnx.merge(graphdef, init(key))
+    state = init(key)  # a new function: always traced, so graphdefs is filled
+    return nnx.merge(graphdefs[-1], state)

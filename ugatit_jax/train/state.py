@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ugatit_jax.models.family import build_model
+from ugatit_jax.models.family import abstract_model
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
@@ -88,7 +88,8 @@ def abstract_train_state(
 ) -> tuple[dict[str, nnx.GraphDef], TrainState]:
     """(graph definitions, shapes of the initial state) of ``config``'s model, without running its random
     initialisation: the target of a checkpoint restore, which fills every array."""
-    return nnx.eval_shape(lambda: create_train_state(build_model(config), g_tx, d_tx))
+    graphdef, abstract = abstract_model(config)  # traced once per config in a process
+    return nnx.eval_shape(lambda params: create_train_state(nnx.merge(graphdef, params), g_tx, d_tx), abstract)
 
 
 def update_model(model, state: TrainState):
