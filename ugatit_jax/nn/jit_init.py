@@ -46,6 +46,5 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array) -> M:
         graphdefs.append(graphdef)
         return state
 
-    state = init(key)  # a new function, so traced and graphdefs filled (were it ever not: trace for it)
-    graphdef = graphdefs[-1] if graphdefs else nnx.split(nnx.eval_shape(lambda: construct(nnx.Rngs(0))))[0]
-    return nnx.merge(graphdef, state)
+    state = init(key)  # a new function: always traced, so graphdefs is filled
+    return nnx.merge(graphdefs[-1], state)
