@@ -199,6 +199,13 @@ def _worker_run(processes: int, devices: int, jobs: list[dict]) -> float:
     return time.perf_counter() - t
 
 
+def _worker_here(jobs: list[dict]) -> float:
+    """A 1-process x 4-device fixed-batch run in this process, on 4 of its devices; returns its wall time."""
+    t = time.perf_counter()
+    _worker({"jobs": jobs}, jax.devices()[:4])
+    return time.perf_counter() - t
+
+
 # ------------------------------------------------------------------------------------- per-host input (pipeline)
 def _indexed_source(n: int):
     """Flat images whose colour encodes their index (flip, resize and crop keep a flat image flat)."""
@@ -266,10 +273,7 @@ def fixed_runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("fixed")
     path = lambda name: str(d / name)
     times = {}
-    four = jax.devices()[:4]  # 1 process x 4 devices: this one
-    t = time.perf_counter()
-    _worker({"jobs": [dict(out=path("A.npz"), save=path("ckA"), save_step=1)]}, four)
-    times["1x4"] = time.perf_counter() - t
+    times["1x4"] = _worker_here([dict(out=path("A.npz"), save=path("ckA"), save_step=1)])
     times["2x2"] = _worker_run(
         2,
         2,
@@ -278,9 +282,7 @@ def fixed_runs(tmp_path_factory):
             dict(out=path("D.npz"), restore=path("ckA"), restore_step=1),
         ],
     )
-    t = time.perf_counter()
-    _worker({"jobs": [dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)]}, four)
-    times["1x4 restore"] = time.perf_counter() - t
+    times["1x4 restore"] = _worker_here([dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)])
     runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCD"}
     runs["times"] = times
     return runs
