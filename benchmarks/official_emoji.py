@@ -1,12 +1,13 @@
-"""Ours or the model's? Train the official PyTorch U-GAT-IT on the embedded emoji set, judged like our runs.
+"""Ours or the model's? Train the official PyTorch code on the embedded emoji set, judged like our runs.
 
-The official networks (``networks.py`` of znxlwm/UGATIT-pytorch, from a checkout or bare git directory the user
-names; none of that code is in this repository) are trained with ``torch_reference.OfficialStep`` (the official
-loop: D update, G update, rho clip, Adam with coupled L2) and the official linear learning-rate decay from the
-half-way step, on **exactly our batches**: the same data pipeline, transforms, seed and settings as
-``train.py --config configs/emoji.py``. At the end the two generators are written in the official checkpoint
-format, imported into our model and judged by the same evaluation as a training run of ours
-(``workdir/eval/step_<N>.json``), so the two can be compared number for number::
+The official networks (``networks.py`` of znxlwm/UGATIT-pytorch, or of alpc91/NICE-GAN-pytorch for a NICE-GAN
+config, from a checkout or bare git directory the user names; none of that code is in this repository) are
+trained with ``torch_reference.official_step`` (the official loop of that family, Adam with coupled L2) and the
+official linear learning-rate decay from the half-way step, on **exactly our batches**: the same data pipeline,
+transforms, seed and settings as ``train.py --config configs/emoji.py`` (or ``configs/nice_emoji.py``). At the end
+the translating networks are written in the official checkpoint format, loaded by ``ugatit_jax.load`` and judged by
+the same evaluation as a training run of ours (``workdir/eval/step_<N>.json``), so the two can be compared number
+for number::
 
     python benchmarks/official_emoji.py --official /path/to/UGATIT-pytorch --workdir runs/official_emoji \\
         [--config configs/emoji.py] [--config.seed=1 ...] [--threads 2]
@@ -35,14 +36,14 @@ def official_lr(config, step: int) -> float:
 
 
 def train_official(networks, config, workdir: pathlib.Path, threads: int | None, log_every: int = 50):
-    """``config.iterations`` official steps on our pipeline's batches; returns the OfficialStep."""
+    """``config.iterations`` official steps on our pipeline's batches; returns the official step object."""
     import numpy as np
     import torch
-    from torch_reference import OfficialStep
+    from torch_reference import official_step
 
     from ugatit_jax import data as data_lib
 
-    official = OfficialStep(networks, config, threads=threads)
+    official = official_step(networks, config, threads=threads)
     source = data_lib.get_source(config)
     batches = data_lib.make_train_iterator(
         source,
@@ -75,29 +76,25 @@ def train_official(networks, config, workdir: pathlib.Path, threads: int | None,
 
 
 def evaluate_checkpoint(config, checkpoint: pathlib.Path) -> dict:
-    """The official generators imported into our model and judged by the evaluator our training runs use."""
-    import jax
-    from flax import nnx
-
+    """The official translating networks, loaded by ``ugatit_jax.load``, judged by the evaluator our runs use."""
     from ugatit_jax import data as data_lib
-    from ugatit_jax.data.transforms import as_model_input
+    from ugatit_jax import load
     from ugatit_jax.evaluation.evaluator import Evaluator
-    from ugatit_jax.interop.torch_import import load_official_checkpoint
-    from ugatit_jax.models.family import empty_model
 
-    model = empty_model(config)
-    load_official_checkpoint(model, str(checkpoint), networks=("genA2B", "genB2A"))
-    graphdef, params = nnx.split(model.genA2B)
-    params_b2a = nnx.state(model.genB2A)
-    apply = jax.jit(lambda p, x: nnx.merge(graphdef, p)(as_model_input(x))[0])
-    translators = {"A2B": lambda x: apply(params, x), "B2A": lambda x: apply(params_b2a, x)}
+    shape = {k: config[k] for k in ("img_size", "ch", "n_res", "light")}
+    if config.model == "nice":
+        shape["n_dis"] = config.n_dis
+    translator = load(str(checkpoint), model=config.model, **shape)
+    translators = {d: (lambda x, d=d: translator.translate(x, d)[0]) for d in ("A2B", "B2A")}
     evaluator = Evaluator(data_lib.get_source(config), config.img_size, batch_size=32)
     return evaluator(translators)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/official_emoji.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--official", required=True, help="checkout (or bare git dir) of znxlwm/UGATIT-pytorch")
+    parser.add_argument(
+        "--official", required=True, help="checkout or bare git dir: UGATIT-pytorch (NICE-GAN-pytorch for NICE)"
+    )
     parser.add_argument("--workdir", required=True, help="where the official checkpoint and evaluation go")
     parser.add_argument("--config", default=str(ROOT / "configs" / "emoji.py"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -116,14 +113,18 @@ def main(argv=None) -> None:
     config = load_config(args.config, overrides)
     workdir = pathlib.Path(args.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    networks = import_official(args.official)
+    from ugatit_jax.models.family import get_family
+
+    networks = import_official(args.official, config.model)
     official = train_official(networks, config, workdir, args.threads)
     checkpoint = workdir / "official_params.pt"
-    torch.save({name: getattr(official, name).state_dict() for name in ("genA2B", "genB2A")}, checkpoint)
+    names = dict.fromkeys(n for nets in get_family(config).translation_networks.values() for n in nets)
+    torch.save({name: getattr(official, name).state_dict() for name in names}, checkpoint)
     record = evaluate_checkpoint(config, checkpoint)
     record["official"] = {"losses": str(workdir / "official_losses.jsonl"), "checkpoint": str(checkpoint)}
     write_record(record, str(workdir / "eval" / f"step_{config.iterations:07d}.json"))
-    print(format_table(record, title=f"official U-GAT-IT, {config.iterations} steps"))
+    family = "NICE-GAN" if config.model == "nice" else "U-GAT-IT"
+    print(format_table(record, title=f"official {family}, {config.iterations} steps"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput of the jitted U-GAT-IT train step, optionally against the official PyTorch step.
+"""Throughput of the jitted train step (U-GAT-IT or NICE-GAN), optionally against the official PyTorch step.
 
 It times exactly what training runs (``trainer.build_model`` / ``make_optimizers`` / ``make_step`` and
 ``parallel.jit_train_step``) on random uint8 batches, so no dataset is needed. Reported: trace / lower / compile
@@ -8,6 +8,8 @@ against the device's dense peak, XLA's compiled memory analysis and the device's
   python benchmarks/throughput.py --config configs/emoji.py --steps 50 --json emoji.json
   python benchmarks/throughput.py --config configs/light.py --config.img_size=128 --config.ch=32 \\
       --config.batch_size=1 --torch-reference /path/to/UGATIT-pytorch      # interleaved with the official step
+  python benchmarks/throughput.py --config configs/nice_light.py --config.img_size=128 --config.ch=32 \
+      --config.batch_size=1 --torch-reference /path/to/NICE-GAN-pytorch    # the same for NICE-GAN
   python benchmarks/throughput.py --sweep --quick --out sweep.md              # markdown table, one subprocess each
 
 On a GPU, ``--torch-reference`` runs the official step there too (cuDNN autotuning on, TF32 matmuls as XLA's
@@ -402,10 +404,10 @@ def compare_with_torch(
         # XLA's default precision for float32 dots and convolutions on NVIDIA is TF32; "high" lets PyTorch's
         # matmuls use it too (its convolutions already do: cudnn.allow_tf32 is on by default).
         torch.set_float32_matmul_precision(matmul_precision)
-    networks = torch_reference.import_official(path)
+    networks = torch_reference.import_official(path, config.model)
     threads = os.cpu_count() or 1
     officials = {
-        m: torch_reference.OfficialStep(
+        m: torch_reference.official_step(
             networks, config, threads=threads, detach=detach, device=device, autocast=TORCH_MODES[m]
         )
         for m in modes
@@ -813,7 +815,11 @@ def parse_args(argv):
     p.add_argument("--devices", type=int, default=None, help="use the first N devices (default: all)")
     p.add_argument("--json", help="write the results here (rewritten after each phase: a killed run leaves a part)")
     p.add_argument("--compile-only", action="store_true", help="trace/lower/compile on abstract inputs; no run")
-    p.add_argument("--torch-reference", metavar="DIR", help="official UGATIT-pytorch checkout (or its bare git dir)")
+    p.add_argument(
+        "--torch-reference",
+        metavar="DIR",
+        help="official checkout or bare git dir: UGATIT-pytorch (NICE-GAN-pytorch for NICE)",
+    )
     p.add_argument("--torch-detach", action="store_true", help="detach the fakes in the official D update (faster)")
     p.add_argument("--torch-device", default="auto", help="auto (cuda when ours runs on a GPU), cpu, cuda or cuda:N")
     p.add_argument(

@@ -1,13 +1,20 @@
-"""The official PyTorch training step (znxlwm/UGATIT-pytorch), built from a user's checkout, for timing.
+"""The official PyTorch training steps (znxlwm/UGATIT-pytorch, alpc91/NICE-GAN-pytorch), built from a user's
+checkout, for timing and for training the official networks on our data.
 
-None of the official code lives in this repository: ``networks.py`` (ResnetGenerator, Discriminator, RhoClipper) is
-imported at run time from the directory the user names. The step itself is written here following the official
-``UGATIT.train`` loop: D update (fakes *not* detached, so the D loss backpropagates into both generators, as the
-official code does), G update, rho clip; ``torch.optim.Adam(lr, betas=(0.5, 0.999), weight_decay)`` for both.
-It runs on the CPU or a CUDA device (``device``; there ``torch.backends.cudnn.benchmark`` is on, as a user timing
-it would set), in float32 or under ``torch.autocast(dtype=torch.bfloat16)`` (``autocast``): the same networks,
-losses and order of calls either way, only the precision of autocast's operations differs. torch is optional and
-imported lazily.
+None of the official code lives in this repository: ``networks.py`` (``ResnetGenerator``, ``Discriminator`` and,
+for U-GAT-IT, ``RhoClipper``) is imported at run time from the directory the user names. The steps are written
+here following the official loops:
+
+- U-GAT-IT (``UGATIT.train``): D update (fakes *not* detached, so the D loss backpropagates into both generators,
+  as the official code does), G update, rho clip.
+- NICE-GAN (``NICE.train``): D update on the codes of both real batches with the translations detached, then G
+  update from the codes computed again; only the generators are in the G optimiser (the encoders, inside the
+  discriminators, learn from the D loss alone); no rho clip.
+
+Both use ``torch.optim.Adam(lr, betas=(0.5, 0.999), weight_decay)`` and run on the CPU or a CUDA device
+(``device``; there ``torch.backends.cudnn.benchmark`` is on, as a user timing it would set), in float32 or under
+``torch.autocast(dtype=torch.bfloat16)`` (``autocast``): the same networks, losses and order of calls either way,
+only the precision of autocast's operations differs. torch is optional and imported lazily.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ def import_torch():
     return torch
 
 
-def locate_networks(path: str | os.PathLike) -> pathlib.Path:
+# Each family's official repository and the names its networks.py must define.
+OFFICIAL = {
+    "ugatit": ("znxlwm/UGATIT-pytorch", ("ResnetGenerator", "Discriminator", "RhoClipper")),
+    "nice": ("alpc91/NICE-GAN-pytorch", ("ResnetGenerator", "Discriminator")),
+}
+
+
+def locate_networks(path: str | os.PathLike, model: str = "ugatit") -> pathlib.Path:
     """``networks.py`` of a checkout, or extracted from a bare git directory (``git show HEAD:networks.py``)."""
     root = pathlib.Path(path).expanduser()
     if root.is_file() and root.name == "networks.py":
@@ -48,33 +62,41 @@ def locate_networks(path: str | os.PathLike) -> pathlib.Path:
             raise SystemExit(f"--torch-reference {root}: cannot read networks.py from the git directory ({e})") from e
         out.write_text(text)
         return out
-    raise SystemExit(f"--torch-reference {root}: no networks.py there (expected a checkout of znxlwm/UGATIT-pytorch)")
+    raise SystemExit(f"--torch-reference {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
 
 
-def import_official(path: str | os.PathLike) -> types.ModuleType:
-    """Import the official ``networks.py`` by path under a private module name."""
+def import_official(path: str | os.PathLike, model: str = "ugatit") -> types.ModuleType:
+    """Import the official ``networks.py`` of ``model``'s family by path under a private module name."""
     import_torch()
-    file = locate_networks(path)
-    spec = importlib.util.spec_from_file_location("ugatit_official_networks", file)
+    repository, names = OFFICIAL[model]
+    file = locate_networks(path, model)
+    spec = importlib.util.spec_from_file_location(f"{model}_official_networks", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    for name in ("ResnetGenerator", "Discriminator", "RhoClipper"):
+    for name in names:
         if not hasattr(module, name):
-            raise SystemExit(f"{file}: no {name}; is this the official U-GAT-IT networks.py?")
+            raise SystemExit(f"{file}: no {name}; is this the networks.py of {repository}?")
+    if model == "nice" and hasattr(module, "RhoClipper"):
+        raise SystemExit(
+            f"{file}: this is U-GAT-IT's networks.py (it has RhoClipper); --config.model=nice needs {repository}"
+        )
     return module
 
 
-class OfficialStep:
-    """The six official networks, their two Adam optimisers and one training step, at our config's sizes."""
+def official_step(networks: types.ModuleType, config, **kwargs) -> OfficialStep | OfficialNiceStep:
+    """The official step of ``config.model``'s family."""
+    return (OfficialNiceStep if config.model == "nice" else OfficialStep)(networks, config, **kwargs)
+
+
+class _Official:
+    """What both official steps share: torch threads and device, the seed, Adam, batches, autocast."""
 
     def __init__(
         self,
-        networks: types.ModuleType,
         config,
         *,
         threads: int | None = None,
-        detach: bool = False,
         device: str = "cpu",
         autocast: str | None = None,
         cudnn_benchmark: bool = True,
@@ -90,30 +112,21 @@ class OfficialStep:
             raise ValueError(f"autocast={autocast!r}: only bfloat16 (float16 would need a GradScaler)")
         self.autocast_dtype = torch.bfloat16 if autocast else None
         torch.manual_seed(config.seed)
-        c = config
-        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
-        self.genA2B, self.genB2A = gen(), gen()
-        self.disGA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
-        self.disGB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
-        self.disLA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
-        self.disLB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
-        nets = (self.genA2B, self.genB2A, self.disGA, self.disGB, self.disLA, self.disLB)
+        self.c = config
+        self.mse, self.l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
+
+    def _networks(self, *nets):
+        """Move to the device in train mode, before the optimisers are built: their state lives beside them."""
         for net in nets:
-            net.to(self.device)  # before the optimisers are built: their state lives beside the parameters
+            net.to(self.device)
             net.train()
-        adam = lambda params: torch.optim.Adam(
+
+    def _adam(self, *nets):
+        c = self.c
+        params = itertools.chain(*(net.parameters() for net in nets))
+        return self.torch.optim.Adam(
             params, lr=c.lr, betas=(c.adam_b1, c.adam_b2), eps=c.adam_eps, weight_decay=c.weight_decay
         )
-        self.G_optim = adam(itertools.chain(self.genA2B.parameters(), self.genB2A.parameters()))
-        self.D_optim = adam(
-            itertools.chain(
-                self.disGA.parameters(), self.disGB.parameters(), self.disLA.parameters(), self.disLB.parameters()
-            )
-        )
-        self.rho_clipper = networks.RhoClipper(0, 1)
-        self.mse, self.l1, self.bce = torch.nn.MSELoss(), torch.nn.L1Loss(), torch.nn.BCEWithLogitsLoss()
-        self.c = c
-        self.detach = detach  # not official: skips the D loss's wasted backward pass through the generators
 
     def random_batch(self, seed: int):
         """Two [-1, 1] NCHW batches, drawn on the CPU (the same numbers on every device), placed on ``device``."""
@@ -139,6 +152,26 @@ class OfficialStep:
 
     def _g_adv(self, fake):
         return self.mse(fake, self.torch.ones_like(fake))
+
+
+class OfficialStep(_Official):
+    """The six official U-GAT-IT networks, their two Adam optimisers and one training step, at our config's sizes."""
+
+    def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
+        super().__init__(config, **kwargs)
+        c = config
+        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
+        self.genA2B, self.genB2A = gen(), gen()
+        self.disGA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
+        self.disGB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
+        self.disLA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
+        self.disLB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
+        self._networks(self.genA2B, self.genB2A, self.disGA, self.disGB, self.disLA, self.disLB)
+        self.G_optim = self._adam(self.genA2B, self.genB2A)
+        self.D_optim = self._adam(self.disGA, self.disGB, self.disLA, self.disLB)
+        self.rho_clipper = networks.RhoClipper(0, 1)
+        self.bce = self.torch.nn.BCEWithLogitsLoss()
+        self.detach = detach  # not official: skips the D loss's wasted backward pass through the generators
 
     def _d_loss(self, dis_x, real_x, fake_x):
         """The official d_loss_X: X's global and local discriminators, each on real X (-> 1), then on the
@@ -195,4 +228,58 @@ class OfficialStep:
         # Clip rho of every AdaILN / ILN after the optimiser step.
         self.genA2B.apply(self.rho_clipper)
         self.genB2A.apply(self.rho_clipper)
+        return d_loss.item(), g_loss.item()
+
+
+class OfficialNiceStep(_Official):
+    """The four official NICE-GAN networks (two generators, two discriminators that are also the encoders), their
+    two Adam optimisers and one training step, at our config's sizes. The official D update already detaches the
+    translations, so there is no ``detach`` variant."""
+
+    def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
+        super().__init__(config, **kwargs)
+        c = config
+        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
+        self.gen2B, self.gen2A = gen(), gen()
+        self.disA = networks.Discriminator(3, ndf=c.ch, n_layers=c.n_dis)
+        self.disB = networks.Discriminator(3, ndf=c.ch, n_layers=c.n_dis)
+        self._networks(self.gen2B, self.gen2A, self.disA, self.disB)
+        self.G_optim = self._adam(self.gen2B, self.gen2A)  # the encoders are not in it
+        self.D_optim = self._adam(self.disA, self.disB)
+
+    def _heads_d(self, real, fake):
+        """LSGAN on the local, global and CAM outputs: real -> 1, fake -> 0 (official D_loss_X)."""
+        return sum(self._d_adv(r, f) for r, f in zip(real[:3], fake[:3]))
+
+    def __call__(self, real_A, real_B) -> tuple[float, float]:
+        """One step of the official loop; returns (D loss, G loss). Each discriminator runs four times, in the
+        official order (its power iteration advances once per call)."""
+        c = self.c
+        real_A, real_B = real_A.to(self.device), real_B.to(self.device)
+        # Update D.
+        self.D_optim.zero_grad()
+        with self._autocast():
+            real_A_out, real_B_out = self.disA(real_A), self.disB(real_B)  # (local, global, cam, heatmap, z)
+            fake_A2B = self.gen2B(real_A_out[4]).detach()
+            fake_B2A = self.gen2A(real_B_out[4]).detach()
+            fake_A_out, fake_B_out = self.disA(fake_B2A), self.disB(fake_A2B)
+            d_loss = c.adv_weight * (self._heads_d(real_A_out, fake_A_out) + self._heads_d(real_B_out, fake_B_out))
+        d_loss.backward()
+        self.D_optim.step()
+
+        # Update G.
+        self.G_optim.zero_grad()
+        with self._autocast():
+            real_A_z, real_B_z = self.disA(real_A)[4], self.disB(real_B)[4]
+            fake_A2B, fake_B2A = self.gen2B(real_A_z), self.gen2A(real_B_z)
+            fake_A_out, fake_B_out = self.disA(fake_B2A), self.disB(fake_A2B)
+            fake_B2A2B, fake_A2B2A = self.gen2B(fake_A_out[4]), self.gen2A(fake_B_out[4])
+            fake_A2A, fake_B2B = self.gen2A(real_A_z), self.gen2B(real_B_z)
+            g_loss = (
+                c.adv_weight * sum(self._g_adv(t) for t in (*fake_A_out[:3], *fake_B_out[:3]))
+                + c.cycle_weight * (self.l1(fake_A2B2A, real_A) + self.l1(fake_B2A2B, real_B))
+                + c.recon_weight * (self.l1(fake_A2A, real_A) + self.l1(fake_B2B, real_B))
+            )
+        g_loss.backward()
+        self.G_optim.step()
         return d_loss.item(), g_loss.item()

@@ -26,6 +26,7 @@ TINY = [
     "--config.batch_size=2",
 ]
 OFFICIAL = os.environ.get("UGATIT_OFFICIAL_DIR", "")  # a checkout (or bare clone) of znxlwm/UGATIT-pytorch
+OFFICIAL_NICE = os.environ.get("UGATIT_NICE_OFFICIAL_DIR", "")  # the same of alpc91/NICE-GAN-pytorch
 
 
 def test_two_steps_write_the_json(tmp_path):
@@ -153,13 +154,33 @@ def test_torch_reference_needs_networks_py(tmp_path):
 def test_official_step_runs_at_our_config():
     config = throughput.load_config(str(ROOT / "configs/emoji.py"), [a[len("--config.") :] for a in TINY])
     networks = torch_reference.import_official(OFFICIAL)
-    official = torch_reference.OfficialStep(networks, config, threads=1)
+    official = torch_reference.official_step(networks, config, threads=1)
     d_loss, g_loss = official(*official.random_batch(0))
     assert d_loss > 0 and g_loss > 0
     # The same step under bfloat16 autocast (on the CPU here): same networks and seed, losses close to float32's.
-    autocast = torch_reference.OfficialStep(networks, config, threads=1, autocast="bfloat16")
+    autocast = torch_reference.official_step(networks, config, threads=1, autocast="bfloat16")
     d_bf16, g_bf16 = autocast(*autocast.random_batch(0))
     assert d_bf16 == pytest.approx(d_loss, rel=0.05) and g_bf16 == pytest.approx(g_loss, rel=0.05)
+
+
+@pytest.mark.skipif(
+    not OFFICIAL_NICE or not pathlib.Path(OFFICIAL_NICE).exists(),
+    reason="no official NICE-GAN-pytorch checkout (UGATIT_NICE_OFFICIAL_DIR)",
+)
+def test_official_nice_step_runs_at_our_config():
+    overrides = [a[len("--config.") :] for a in TINY] + ["model=nice", "n_dis=6", "img_size=64"]
+    config = throughput.load_config(str(ROOT / "configs/emoji.py"), overrides)
+    networks = torch_reference.import_official(OFFICIAL_NICE, "nice")
+    official = torch_reference.official_step(networks, config, threads=1)
+    assert isinstance(official, torch_reference.OfficialNiceStep)
+    d_loss, g_loss = official(*official.random_batch(0))
+    assert d_loss > 0 and g_loss > 0
+    before = [p.detach().clone() for p in official.disA.parameters()]
+    official(*official.random_batch(1))
+    assert any(not (a == b.detach()).all() for a, b in zip(before, official.disA.parameters()))
+    if OFFICIAL:  # U-GAT-IT's networks.py for a NICE config: one line naming the right repository
+        with pytest.raises(SystemExit, match="NICE-GAN-pytorch"):
+            torch_reference.import_official(OFFICIAL, "nice")
 
 
 def test_gpu_suite_tables(tmp_path):
