@@ -215,3 +215,19 @@ def test_gpu_suite_tables(tmp_path):
     assert "| `cudnn_conv` | 10.000 | 25.0% | 4.0 | convolution.1 |" in md
     raw = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert [r["status"] for r in raw["rows"]] == ["ran", "timed out", "not run"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_every_config_file_loads_and_validates(path):
+    from ugatit_jax.config import validate
+
+    validate(throughput.load_config(str(path), ["dataset_dir=/data/selfie2anime"]))  # the paper's need a folder
+
+
+def test_nice_emoji_is_the_emoji_demo_for_the_other_family():
+    emoji = throughput.load_config(str(ROOT / "configs/emoji.py"), []).to_dict()
+    nice = throughput.load_config(str(ROOT / "configs/nice_emoji.py"), []).to_dict()
+    assert {k: (emoji[k], v) for k, v in nice.items() if emoji[k] != v} == {
+        "model": ("ugatit", "nice"),
+        "n_dis": (7, 6),
+    }
