@@ -35,7 +35,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model built from the config."""
 
 
-# A mapping entry: torch key, our variable (reached by a getter), and the two layout conversions.
+# A mapping entry: torch key, our variable (reached by a getter), and the two layout conversions. They use only
+# array methods (.transpose, .reshape, .T), so they run in numpy when reading or writing a checkpoint (an eager
+# jnp op would compile one XLA program per weight shape: seconds for a model) and trace under jax.eval_shape.
 Entry = tuple[str, Callable[[], nnx.Variable], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
 
@@ -44,31 +46,31 @@ def _identity(a):
 
 
 def _conv_to_ours(w):
-    return jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+    return w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
 
 
 def _conv_to_torch(k):
-    return jnp.transpose(k, (3, 2, 0, 1))
+    return k.transpose(3, 2, 0, 1)
 
 
 def _linear_to_ours(w):
-    return jnp.transpose(w)
+    return w.T
 
 
 def _chan_to_ours(w):
-    return jnp.reshape(w, (-1,))  # (1, C, 1, 1) -> (C,)
+    return w.reshape(-1)  # (1, C, 1, 1) -> (C,)
 
 
 def _chan_to_torch(c):
-    return jnp.reshape(c, (1, -1, 1, 1))
+    return c.reshape(1, -1, 1, 1)
 
 
 def _rho_pair_to_ours(w):
-    return jnp.reshape(w, (-1, 2))  # (1, C, 2) -> (C, 2)
+    return w.reshape(-1, 2)  # (1, C, 2) -> (C, 2)
 
 
 def _rho_pair_to_torch(r):
-    return jnp.reshape(r, (1, -1, 2))
+    return r.reshape(1, -1, 2)
 
 
 def _v_converters(kernel_shape):
@@ -78,10 +80,10 @@ def _v_converters(kernel_shape):
     kh, kw, cin, _ = kernel_shape
 
     def to_ours(v):
-        return jnp.reshape(jnp.transpose(jnp.reshape(v, (cin, kh, kw)), (1, 2, 0)), (-1,))
+        return v.reshape(cin, kh, kw).transpose(1, 2, 0).reshape(-1)
 
     def to_torch(v):
-        return jnp.reshape(jnp.transpose(jnp.reshape(v, (kh, kw, cin)), (2, 0, 1)), (-1,))
+        return v.reshape(kh, kw, cin).transpose(2, 0, 1).reshape(-1)
 
     return to_ours, to_torch
 
@@ -128,10 +130,10 @@ def _full_fc0(key: str, fc1: nnx.Linear, img_size: int) -> Iterator[Entry]:
     chans = fc1.kernel.shape[0] // (feat * feat)
 
     def to_ours(w):  # (dim, C*h*w) -> (h*w*C, dim)
-        return jnp.reshape(jnp.transpose(jnp.reshape(w, (dim, chans, feat, feat)), (2, 3, 1, 0)), (-1, dim))
+        return w.reshape(dim, chans, feat, feat).transpose(2, 3, 1, 0).reshape(-1, dim)
 
     def to_torch(k):  # (h*w*C, dim) -> (dim, C*h*w)
-        return jnp.reshape(jnp.transpose(jnp.reshape(k, (feat, feat, chans, dim)), (3, 2, 0, 1)), (dim, -1))
+        return k.reshape(feat, feat, chans, dim).transpose(3, 2, 0, 1).reshape(dim, -1)
 
     yield key + ".weight", _var(fc1, "kernel"), to_ours, to_torch
 
@@ -254,7 +256,7 @@ def load_state_dict(net, state_dict: dict, *, prefix: str = "") -> None:
                 f"shape mismatch for {prefix}{key}: the model expects {expected_torch_shape}, the checkpoint has "
                 f"{value.shape}; check ch, n_res, light, img_size and the discriminator depths of the config"
             )
-        var[...] = to_ours(jnp.asarray(value)).astype(var[...].dtype)
+        var[...] = jnp.asarray(np.asarray(to_ours(value), dtype=var[...].dtype))  # numpy: no XLA program
 
 
 def _torch_shape(var: nnx.Variable, to_torch) -> tuple[int, ...]:
@@ -265,7 +267,7 @@ def _torch_shape(var: nnx.Variable, to_torch) -> tuple[int, ...]:
 def state_dict(net) -> dict[str, np.ndarray]:
     """The official state dict of ``net`` as float32 numpy arrays, torch layouts."""
     return {
-        key: np.ascontiguousarray(np.asarray(to_torch(jnp.asarray(get_var()[...], jnp.float32))))
+        key: np.ascontiguousarray(to_torch(np.asarray(get_var()[...], np.float32)))
         for key, get_var, _, to_torch in network_entries(net)
     }
 
