@@ -1,5 +1,6 @@
 """Forward parity with the official PyTorch release on every golden fixture folder."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -16,11 +17,31 @@ def golden(golden_dir):
     return Golden(golden_dir)
 
 
+TRAIN_MODE = ("disGA", "disGB", "disLA", "disLB")  # the networks whose train-mode call differs (power iteration)
+
+
+@pytest.fixture(scope="module")
+def forward(golden):
+    """Every network from ``init.pt`` in eval mode and each discriminator in train mode, in one jitted program
+    (called eagerly, each op compiled a program of its own), each on its own domain's input.
+
+    Returns (outputs[mode][network] as numpy NHWC, the train-mode model after its forward pass).
+    """
+    models = {"eval": golden.model(), "train": golden.model()}
+    models["eval"].eval()
+    models["train"].train()
+
+    @nnx.jit
+    def run(models, real):
+        nets = {"eval": UGATIT.NAMES, "train": TRAIN_MODE}
+        return {mode: {n: getattr(models[mode], n)(real[DOMAIN[n]]) for n in nets[mode]} for mode in models}
+
+    return jax.device_get(run(models, golden.real)), models["train"]
+
+
 @pytest.mark.parametrize("name", UGATIT.NAMES)
-def test_eval_forward(golden, name):
-    model = golden.model()
-    model.eval()
-    outs = getattr(model, name)(golden.real[DOMAIN[name]])
+def test_eval_forward(golden, forward, name):
+    outs = forward[0]["eval"][name]
     for key, out in zip(("out", "cam_logit", "heatmap"), outs):
         assert_close(out, nhwc(golden.io[f"eval/{name}/{key}"]), what=f"{name}/{key}")
 
@@ -44,12 +65,10 @@ def _torch_sn_update(kernel_torch, u, v):
     return layer.weight_u.detach().numpy(), layer.weight_v.detach().numpy()
 
 
-@pytest.mark.parametrize("name", ["disGA", "disGB", "disLA", "disLB"])
-def test_train_forward_and_power_iteration(golden, name):
-    model = golden.model()
-    model.train()
-    dis = getattr(model, name)
-    outs = dis(golden.real[DOMAIN[name]])
+@pytest.mark.parametrize("name", TRAIN_MODE)
+def test_train_forward_and_power_iteration(golden, forward, name):
+    dis = getattr(forward[1], name)
+    outs = forward[0]["train"][name]
     for key, out in zip(("out", "cam_logit", "heatmap"), outs):
         assert_close(out, nhwc(golden.io[f"train/{name}/{key}"]), what=f"{name}/{key}")
     # The state after the forward: torch's updated weight_u / weight_v for the same starting vectors.

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from tiny import tiny_config
+from tiny import random_model, tiny_config
 
 from ugatit_jax.train import parallel, trainer
 from ugatit_jax.train import state as train_state
@@ -26,7 +26,8 @@ def test_shard_spec():
 def _setup(config, shard, mesh):
     chex.clear_trace_counter()
     g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, state = train_state.create_train_state(trainer.build_model(config), g_tx, d_tx)
+    # random_model: the construction traced once for all four set-ups (the random init's program traced each time)
+    graphdefs, state = train_state.create_train_state(random_model(config), g_tx, d_tx)
     shardings = parallel.state_shardings(state, mesh, shard)
     step = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=shardings)
     return parallel.place_state(state, shardings), shardings, step
