@@ -110,7 +110,6 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
 from golden import reordered_sum_outliers  # noqa: E402
 from tiny import subprocess_xla_flags, tiny_config, tiny_flags  # noqa: E402
 
@@ -329,7 +328,7 @@ def _train_cmd(workdir, *flags) -> list[str]:
 def _final_state(workdir, step=None):
     config = tiny_config()
     g_tx, d_tx = trainer.make_optimizers(config)
-    _, abstract = nnx.eval_shape(lambda: train_state.create_train_state(trainer.build_model(config), g_tx, d_tx))
+    _, abstract = train_state.abstract_train_state(config, g_tx, d_tx)  # the construction traced once per process
     with Checkpointer(str(workdir), async_save=False, read_only=True) as ckpt:
         step = ckpt.latest_step() if step is None else step
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
