@@ -120,11 +120,25 @@ def get_family(config_or_name) -> Family:
     return FAMILIES[name]
 
 
+# Every config key the builders above read: two configs that agree on them build the same model.
+ARCHITECTURE_KEYS = (
+    "model", "ch", "n_res", "img_size", "light", "disc_global_layers", "disc_local_layers", "n_dis",
+    "compute_dtype", "remat",
+)  # fmt: skip
+
+
+def _architecture_key(config) -> tuple:
+    """The model ``config`` builds, as a hashable key: runs that differ in logging, data or optimiser settings
+    share one traced construction and one compiled initialiser in a process."""
+    return tuple(config.get(k) for k in ARCHITECTURE_KEYS)
+
+
 def build_model(config, seed: int | None = None) -> nnx.Module:
     """Every network of ``config``'s family, randomly initialised as the official code does (seeded), by one
     compiled program (``ugatit_jax.nn.jit_init``)."""
     family = get_family(config)
-    return jit_init(lambda rngs: family.build(config, rngs), config.seed if seed is None else seed)
+    seed = config.seed if seed is None else seed
+    return jit_init(lambda rngs: family.build(config, rngs), seed, cache_key=_architecture_key(config))
 
 
 def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
@@ -134,7 +148,7 @@ def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
     once): tracing the construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and
     JAX's error message for that walks the whole trace: 1.6-2.8 s for the tests' tiny and the emoji model).
     """
-    key = config.to_json_best_effort(sort_keys=True)
+    key = _architecture_key(config)
     if key not in _ABSTRACT_MODELS:
         if len(_ABSTRACT_MODELS) >= 8:
             _ABSTRACT_MODELS.pop(next(iter(_ABSTRACT_MODELS)))  # the oldest
@@ -143,7 +157,7 @@ def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdef, jax.tree.map(lambda s: s, abstract)  # a copy: callers may change the State they get
 
 
-_ABSTRACT_MODELS: dict[str, tuple[nnx.GraphDef, nnx.State]] = {}
+_ABSTRACT_MODELS: dict[tuple, tuple[nnx.GraphDef, nnx.State]] = {}
 
 
 def empty_model(config, device=None) -> nnx.Module:

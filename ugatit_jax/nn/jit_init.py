@@ -16,7 +16,7 @@ each tensor's scale (about 2% of the elements differ at all). Same key, same dis
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import jax
@@ -27,14 +27,20 @@ M = TypeVar("M", bound=nnx.Module)
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # 43 s -> 14 s for the tests' tiny model (2-core Xeon)
 
 
-def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array) -> M:
+def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache_key: Hashable = None) -> M:
     """``construct(nnx.Rngs(seed))``, initialised by one jitted program.
 
     Inside another trace (``nnx.eval_shape``, ``jax.jit``) it simply calls ``construct``: that trace does the work.
+    With a ``cache_key`` (one per architecture: equal keys must mean equal ``construct`` results), the traced and
+    compiled initialiser is kept for the next call with that key, which then only runs it (tests and tools that
+    build the same model several times in one process; the seed is an input, not part of the program).
     """
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     if isinstance(key, jax.core.Tracer):
         return construct(nnx.Rngs(key))
+    if cache_key is not None and cache_key in _INITIALISERS:
+        init, graphdefs = _INITIALISERS[cache_key]
+        return nnx.merge(graphdefs[-1], init(key))
     # The graph definition (static structure, no arrays) is taken from the one trace of ``init``: tracing the
     # construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and JAX's error message
     # for that walks the whole trace), so it is not traced a second time under ``nnx.eval_shape`` for it.
@@ -47,4 +53,11 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array) -> M:
         return state
 
     state = init(key)  # a new function: always traced, so graphdefs is filled
+    if cache_key is not None:
+        if len(_INITIALISERS) >= 8:
+            _INITIALISERS.pop(next(iter(_INITIALISERS)))  # the oldest
+        _INITIALISERS[cache_key] = (init, graphdefs)
     return nnx.merge(graphdefs[-1], state)
+
+
+_INITIALISERS: dict = {}  # cache_key -> (jitted initialiser, [its graph definition])
