@@ -88,3 +88,42 @@ def test_spectral_norm_state_identical_on_all_devices(batches):
         assert len(shards) == 8
         for shard in shards[1:]:
             np.testing.assert_array_equal(shard, shards[0])
+
+
+class _Recorder:
+    """A config that records which keys are read."""
+
+    def __init__(self, config):
+        self._config, self.read = config, set()
+
+    def __getattr__(self, key):
+        self.read.add(key)
+        return getattr(self._config, key)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return self._config[key]
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return self._config.get(key, default)
+
+
+@pytest.mark.parametrize("model", ["ugatit", "nice"])
+def test_step_and_architecture_keys_cover_what_is_read(model):
+    """``jitted_step`` reuses a step per ``STEP_KEYS`` and ``build_model`` an initialiser per ``ARCHITECTURE_KEYS``:
+    every key the builders, the optimisers and the step read must be in them, or two different runs would share
+    a program."""
+    from flax import nnx
+
+    from ugatit_jax.models.family import ARCHITECTURE_KEYS, get_family
+
+    config = tiny_config(model=model, **({"n_dis": 6, "img_size": 64} if model == "nice" else {}))
+    arch = _Recorder(config)
+    nnx.eval_shape(lambda: get_family(arch).build(arch, nnx.Rngs(0)))
+    assert arch.read and arch.read <= set(ARCHITECTURE_KEYS), arch.read - set(ARCHITECTURE_KEYS)
+    step = _Recorder(config)
+    g_tx, d_tx = trainer.make_optimizers(step)
+    graphdefs, _ = train_state.abstract_train_state(config, g_tx, d_tx)
+    trainer.make_step(step, graphdefs, g_tx, d_tx)
+    assert step.read and step.read <= set(trainer.STEP_KEYS), step.read - set(trainer.STEP_KEYS)

@@ -29,7 +29,7 @@ from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_transl
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
-from ugatit_jax.models.family import build_model, get_family
+from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
@@ -53,6 +53,30 @@ def make_step(config, graphdefs, g_tx, d_tx):
     if get_family(config).name == "nice":
         return make_nice_train_step(graphdefs, recon_weight=config.recon_weight, **common)
     return make_train_step(graphdefs, identity_weight=config.identity_weight, cam_weight=config.cam_weight, **common)
+
+
+# Every config key a run's train step program depends on: the model's, the batch's shape, and those make_step and
+# make_optimizers read (tests/test_train_step.py records the reads and checks this list).
+STEP_KEYS = ARCHITECTURE_KEYS + (
+    "batch_size", "lr", "iterations", "decay_flag", "adam_b1", "adam_b2", "adam_eps", "weight_decay",
+    "adv_weight", "cycle_weight", "identity_weight", "cam_weight", "recon_weight", "gan_type", "shard_state",
+)  # fmt: skip
+
+
+def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings):
+    """The run's jitted train step, kept per (``STEP_KEYS`` values, devices): a process that trains the same setup
+    again (tests, a notebook) reuses the traced and compiled program instead of tracing it and loading it from the
+    persistent cache (seconds each on a CPU)."""
+    key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+    if key not in _STEPS:
+        if len(_STEPS) >= 4:
+            _STEPS.pop(next(iter(_STEPS)))  # the oldest
+        step = make_step(config, graphdefs, g_tx, d_tx)
+        _STEPS[key] = parallel.jit_train_step(step, mesh, state_sharding=state_shardings)
+    return _STEPS[key]
+
+
+_STEPS: dict = {}
 
 
 def check_workdir(workdir: str) -> str:
@@ -313,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = parallel.place_state(state, state_shardings)
     start = int(jax.device_get(state.step))
 
-    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=state_shardings)
+    step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
     sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
