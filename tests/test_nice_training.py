@@ -23,7 +23,7 @@ FLAGS = tiny_flags(**NICE, iterations=ITERATIONS, checkpoint_every=4, log_every=
 def _final_state(workdir):
     config = tiny_config(**NICE)
     g_tx, d_tx = trainer.make_optimizers(config)
-    _, state = train_state.create_train_state(trainer.build_model(config), g_tx, d_tx)
+    _, state = train_state.abstract_train_state(config, g_tx, d_tx)  # shapes only: the restore fills them
     with Checkpointer(str(workdir), async_save=False) as ckpt:
         step = ckpt.latest_step()
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])

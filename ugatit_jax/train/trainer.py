@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from typing import Any
@@ -115,15 +116,28 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
+def _tensorboardx_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported with torch hidden unless torch is loaded already: its writer
+    module imports torch, when installed, only to accept torch tensors (we log numpy), which added 1.8 s to every
+    start with the ``[torch]`` extra installed (2-core Xeon)."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter as writer_class
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return writer_class
+
+
 class SummaryWriter:
     """TensorBoard event files (process 0 only), via tensorboardX: no TensorFlow needed."""
 
     def __init__(self, logdir: str, enabled: bool):
         self._writer = None
         if enabled:
-            from tensorboardX import SummaryWriter as TBWriter
-
-            self._writer = TBWriter(logdir, flush_secs=30)
+            self._writer = _tensorboardx_writer_class()(logdir, flush_secs=30)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer:
