@@ -115,6 +115,14 @@ class _Official:
         self.c = config
         self.mse, self.l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
 
+    def _generator_pair(self, networks):
+        """Two official ``ResnetGenerator``s at the config's sizes (the same signature in both releases)."""
+        c = self.c
+        return tuple(
+            networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
+            for _ in range(2)
+        )
+
     def _networks(self, *nets):
         """Move to the device in train mode, before the optimisers are built: their state lives beside them."""
         for net in nets:
@@ -160,8 +168,7 @@ class OfficialStep(_Official):
     def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
         super().__init__(config, **kwargs)
         c = config
-        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
-        self.genA2B, self.genB2A = gen(), gen()
+        self.genA2B, self.genB2A = self._generator_pair(networks)
         self.disGA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
         self.disGB = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_global_layers)
         self.disLA = networks.Discriminator(3, ndf=c.ch, n_layers=c.disc_local_layers)
@@ -239,8 +246,7 @@ class OfficialNiceStep(_Official):
     def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
         super().__init__(config, **kwargs)
         c = config
-        gen = lambda: networks.ResnetGenerator(3, 3, ngf=c.ch, n_blocks=c.n_res, img_size=c.img_size, light=c.light)
-        self.gen2B, self.gen2A = gen(), gen()
+        self.gen2B, self.gen2A = self._generator_pair(networks)
         self.disA = networks.Discriminator(3, ndf=c.ch, n_layers=c.n_dis)
         self.disB = networks.Discriminator(3, ndf=c.ch, n_layers=c.n_dis)
         self._networks(self.gen2B, self.gen2A, self.disA, self.disB)
