@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     from ugatit_jax.models.family import get_family
 
-    networks = import_official(args.official, config.model)
+    networks = import_official(args.official, config.model, option="--official")
     official = train_official(networks, config, workdir, args.threads)
     checkpoint = workdir / "official_params.pt"
     names = dict.fromkeys(n for nets in get_family(config).translation_networks.values() for n in nets)
@@ -129,4 +129,6 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    main()
+    from ugatit_jax.cli import run_script
+
+    run_script("official_emoji.py", main)

@@ -870,6 +870,10 @@ def main(argv=None) -> None:
         return
     apply_xla_options(args)
     config = load_config(args.config, overrides)
+    if args.torch_reference:  # a wrong checkout fails now, not after our step has compiled and run
+        import torch_reference
+
+        torch_reference.import_official(args.torch_reference, config.model)
     progress = Progress(args.json)
     if args.compile_only:
         result = compile_only(config, args.devices, progress)
@@ -914,4 +918,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ugatit_jax.cli import run_script
+
+    run_script("throughput.py", main)

@@ -45,7 +45,7 @@ OFFICIAL = {
 }
 
 
-def locate_networks(path: str | os.PathLike, model: str = "ugatit") -> pathlib.Path:
+def locate_networks(path: str | os.PathLike, model: str = "ugatit", option: str = "--torch-reference") -> pathlib.Path:
     """``networks.py`` of a checkout, or extracted from a bare git directory (``git show HEAD:networks.py``)."""
     root = pathlib.Path(path).expanduser()
     if root.is_file() and root.name == "networks.py":
@@ -59,17 +59,19 @@ def locate_networks(path: str | os.PathLike, model: str = "ugatit") -> pathlib.P
                 ["git", "--git-dir", str(root), "show", "HEAD:networks.py"], check=True, capture_output=True, text=True
             ).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"--torch-reference {root}: cannot read networks.py from the git directory ({e})") from e
+            raise SystemExit(f"{option} {root}: cannot read networks.py from the git directory ({e})") from e
         out.write_text(text)
         return out
-    raise SystemExit(f"--torch-reference {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
+    raise SystemExit(f"{option} {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
 
 
-def import_official(path: str | os.PathLike, model: str = "ugatit") -> types.ModuleType:
+def import_official(
+    path: str | os.PathLike, model: str = "ugatit", option: str = "--torch-reference"
+) -> types.ModuleType:
     """Import the official ``networks.py`` of ``model``'s family by path under a private module name."""
     import_torch()
     repository, names = OFFICIAL[model]
-    file = locate_networks(path, model)
+    file = locate_networks(path, model, option)
     spec = importlib.util.spec_from_file_location(f"{model}_official_networks", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -231,3 +231,12 @@ def test_nice_emoji_is_the_emoji_demo_for_the_other_family():
         "model": ("ugatit", "nice"),
         "n_dis": (7, 6),
     }
+
+
+def test_a_wrong_official_checkout_is_one_line_before_compiling(tmp_path):
+    """throughput.py checks --torch-reference before it compiles anything: one error line, exit 2."""
+    cmd = [sys.executable, str(ROOT / "benchmarks/throughput.py"), "--config", str(ROOT / "configs/nice_light.py")]
+    proc = subprocess.run([*cmd, "--torch-reference", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("throughput.py: error: --torch-reference") and "NICE-GAN-pytorch" in lines[0]

@@ -1,4 +1,5 @@
-"""The one command-line convention of every entry point (translate, evaluate, report, export, data, launch).
+"""The one command-line convention of every entry point (translate, evaluate, report, export, data, launch,
+the benchmarks).
 
 Bad input ends with exit code 2 and one line ``<prog>: error: <message>`` on stderr, no traceback: usage mistakes
 (argparse), and the errors that mean "fix your input" (``expected_errors``), which carry a message naming the
@@ -46,6 +47,21 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 def show_warning_line(message, category, filename, lineno, file=None, line=None):
     """``warnings.showwarning`` replacement: one line per warning."""
     warn_line(str(message))
+
+
+def run_script(prog: str, main) -> None:
+    """``main()`` of a script that ends bad input with ``SystemExit("message")`` (the benchmarks): the message
+    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too."""
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            fail_line(prog, e.code)
+            raise SystemExit(2) from None
+        raise
+    except expected_errors() as error:
+        fail_line(prog, error)
+        raise SystemExit(2) from None
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
