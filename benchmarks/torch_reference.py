@@ -246,6 +246,8 @@ class OfficialNiceStep(_Official):
     translations, so there is no ``detach`` variant."""
 
     def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
+        if detach:
+            raise SystemExit("--torch-detach: the official NICE-GAN step already detaches its translations")
         super().__init__(config, **kwargs)
         c = config
         self.gen2B, self.gen2A = self._generator_pair(networks)
