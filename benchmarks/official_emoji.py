@@ -109,12 +109,11 @@ def main(argv=None) -> None:
     from torch_reference import import_official
 
     from ugatit_jax.evaluation.evaluator import format_table, write_record
+    from ugatit_jax.models.family import get_family
 
     config = load_config(args.config, overrides)
     workdir = pathlib.Path(args.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    from ugatit_jax.models.family import get_family
-
     networks = import_official(args.official, config.model, option="--official")
     official = train_official(networks, config, workdir, args.threads)
     checkpoint = workdir / "official_params.pt"
