@@ -874,8 +874,7 @@ def main(argv=None) -> None:
         import torch_reference
 
         torch_reference.import_official(args.torch_reference, config.model)
-        if args.torch_detach and config.model == "nice":
-            raise SystemExit("--torch-detach: the official NICE-GAN step already detaches its translations")
+        torch_reference.check_detach(config.model, args.torch_detach)
     progress = Progress(args.json)
     if args.compile_only:
         result = compile_only(config, args.devices, progress)

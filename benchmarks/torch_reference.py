@@ -86,6 +86,12 @@ def import_official(
     return module
 
 
+def check_detach(model: str, detach: bool) -> None:
+    """``--torch-detach`` is a U-GAT-IT variant: the official NICE-GAN step already detaches its translations."""
+    if detach and model == "nice":
+        raise SystemExit("--torch-detach: the official NICE-GAN step already detaches its translations")
+
+
 def official_step(networks: types.ModuleType, config, **kwargs) -> OfficialStep | OfficialNiceStep:
     """The official step of ``config.model``'s family."""
     return (OfficialNiceStep if config.model == "nice" else OfficialStep)(networks, config, **kwargs)
@@ -246,8 +252,7 @@ class OfficialNiceStep(_Official):
     translations, so there is no ``detach`` variant."""
 
     def __init__(self, networks: types.ModuleType, config, *, detach: bool = False, **kwargs):
-        if detach:
-            raise SystemExit("--torch-detach: the official NICE-GAN step already detaches its translations")
+        check_detach(config.model, detach)
         super().__init__(config, **kwargs)
         c = config
         self.gen2B, self.gen2A = self._generator_pair(networks)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ugatit_jax.memo import remember
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.jit_init import jit_init
@@ -148,12 +149,8 @@ def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
     once): tracing the construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and
     JAX's error message for that walks the whole trace: 1.6-2.8 s for the tests' tiny and the emoji model).
     """
-    key = _architecture_key(config)
-    if key not in _ABSTRACT_MODELS:
-        if len(_ABSTRACT_MODELS) >= 8:
-            _ABSTRACT_MODELS.pop(next(iter(_ABSTRACT_MODELS)))  # the oldest
-        _ABSTRACT_MODELS[key] = nnx.split(nnx.eval_shape(lambda: build_model(config, seed=0)))
-    graphdef, abstract = _ABSTRACT_MODELS[key]
+    trace = lambda: nnx.split(nnx.eval_shape(lambda: build_model(config, seed=0)))
+    graphdef, abstract = remember(_ABSTRACT_MODELS, _architecture_key(config), trace, limit=8)
     return graphdef, jax.tree.map(lambda s: s, abstract)  # a copy: callers may change the State they get
 
 

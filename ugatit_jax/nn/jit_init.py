@@ -22,6 +22,8 @@ from typing import TypeVar
 import jax
 from flax import nnx
 
+from ugatit_jax.memo import remember
+
 M = TypeVar("M", bound=nnx.Module)
 
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # 43 s -> 14 s for the tests' tiny model (2-core Xeon)
@@ -38,12 +40,21 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     if isinstance(key, jax.core.Tracer):
         return construct(nnx.Rngs(key))
-    if cache_key is not None and cache_key in _INITIALISERS:
-        init, graphdefs = _INITIALISERS[cache_key]
-        return nnx.merge(graphdefs[-1], init(key))
-    # The graph definition (static structure, no arrays) is taken from the one trace of ``init``: tracing the
-    # construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and JAX's error message
-    # for that walks the whole trace), so it is not traced a second time under ``nnx.eval_shape`` for it.
+    if cache_key is None:
+        init, graphdefs = _initialiser(construct)
+    else:
+        init, graphdefs = remember(_INITIALISERS, cache_key, lambda: _initialiser(construct), limit=8)
+    state = init(key)  # traced on its first call, which fills graphdefs
+    return nnx.merge(graphdefs[-1], state)
+
+
+def _initialiser(construct: Callable[[nnx.Rngs], nnx.Module]) -> tuple[Callable, list]:
+    """The jitted ``key -> state`` initialiser and the list its trace appends the graph definition to.
+
+    The graph definition (static structure, no arrays) is taken from the one trace of ``init``: tracing the
+    construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and JAX's error message for
+    that walks the whole trace), so it is not traced a second time under ``nnx.eval_shape`` for it.
+    """
     graphdefs = []
 
     @functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS)
@@ -52,12 +63,7 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache
         graphdefs.append(graphdef)
         return state
 
-    state = init(key)  # a new function: always traced, so graphdefs is filled
-    if cache_key is not None:
-        if len(_INITIALISERS) >= 8:
-            _INITIALISERS.pop(next(iter(_INITIALISERS)))  # the oldest
-        _INITIALISERS[cache_key] = (init, graphdefs)
-    return nnx.merge(graphdefs[-1], state)
+    return init, graphdefs
 
 
 _INITIALISERS: dict = {}  # cache_key -> (jitted initialiser, [its graph definition])

@@ -30,6 +30,7 @@ from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_transl
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
+from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
@@ -69,12 +70,10 @@ def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings):
     again (tests, a notebook) reuses the traced and compiled program instead of tracing it and loading it from the
     persistent cache (seconds each on a CPU)."""
     key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
-    if key not in _STEPS:
-        if len(_STEPS) >= 4:
-            _STEPS.pop(next(iter(_STEPS)))  # the oldest
-        step = make_step(config, graphdefs, g_tx, d_tx)
-        _STEPS[key] = parallel.jit_train_step(step, mesh, state_sharding=state_shardings)
-    return _STEPS[key]
+    make = lambda: parallel.jit_train_step(
+        make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=state_shardings
+    )
+    return remember(_STEPS, key, make, limit=4)
 
 
 _STEPS: dict = {}
