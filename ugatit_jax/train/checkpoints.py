@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -55,6 +56,30 @@ class DamagedCheckpointError(CheckpointError):
 def _first_line(error: BaseException) -> str:
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     return f"{type(error).__name__}: {text[:300]}"
+
+
+def _drop_abandoned_read_reports() -> None:
+    """When one array read fails, Orbax gives up on the checkpoint's other reads, and each abandoned read reports
+    its own failure when it is collected, which happens later, at no moment this module controls: an "Exception
+    ignored in: <coroutine _read_array_index_and_device_put>" traceback (or "Event loop is closed" from its
+    callback), hundreds of lines on stderr around the one warning that says which checkpoint is damaged and where
+    it went. Installed before the first restore, for the rest of the process (some reports come from Orbax's
+    threads while the read is failing), this drops those reports, and only those: every other unraisable
+    exception reaches the previous hook."""
+    if getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if getattr(code, "co_name", "") == "_read_array_index_and_device_put":
+            return
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 def _sync(name: str) -> None:
@@ -176,6 +201,7 @@ class Checkpointer:
             raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from None
         if saved != wanted:
             raise CheckpointError(self._misfit(step, _shape_difference(saved, wanted)))
+        _drop_abandoned_read_reports()
         try:
             restored = self.manager.restore(
                 step,
