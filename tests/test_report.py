@@ -88,6 +88,23 @@ def test_report_exists_and_links_only_existing_files(run):
     assert open(os.path.join(workdir, "report.html"), encoding="utf-8").read() == page
 
 
+def test_figures_are_the_pages_evaluation_plots(run, tmp_path, capsys):
+    workdir, _, _ = run
+    page = open(os.path.join(workdir, "report.html"), encoding="utf-8").read()
+    assert report.main(["--workdir", workdir, "--figures", str(tmp_path / "figures")]) == 0
+    files = sorted(os.listdir(tmp_path / "figures"))
+    assert {"target_rate.svg", "kid_domain.svg", "top5.svg"} <= set(files), files
+    for name in files:
+        svg = (tmp_path / "figures" / name).read_text(encoding="utf-8")
+        assert svg.startswith("<svg") and svg in page, name
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    capsys.readouterr()
+    assert report.main(["--workdir", workdir, "--figures", str(blocked / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{report.PROG}: error: --figures="), err
+
+
 def test_report_cli_bad_workdir_is_one_line(tmp_path, capsys):
     assert report.main(["--workdir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err

@@ -2,13 +2,14 @@
 
 ::
 
-    python -m ugatit_jax.report --workdir runs/emoji [--output runs/emoji/report.html]
+    python -m ugatit_jax.report --workdir runs/emoji [--output runs/emoji/report.html] [--figures DIR]
 
 The page (``RUN/report.html``, rewritten at the end of every training run) holds the evaluation numbers over
 steps, each beside the untranslated input's (a plot per measure and a table), the loss curves from
 ``RUN/metrics.jsonl``, and the latest sample strips from ``RUN/samples``. Plots are inline SVG drawn here: no
 plotting dependency, crisp at any zoom, and the page's only links are relative ones to the strips, so the run
-folder can be moved, zipped or served as it is.
+folder can be moved, zipped or served as it is. ``--figures DIR`` also writes each evaluation plot as
+``DIR/<measure>.svg``, for a README or a paper.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ def svg_plot(series: list[dict], title: str, *, width: int = 440, height: int = 
 # ----------------------------------------------------------------------------
 
 
-def _eval_plots(records: list[dict]) -> list[str]:
-    plots = []
+def evaluation_plots(records: list[dict]) -> dict[str, str]:
+    """One SVG plot per evaluation measure the records hold (measure name -> SVG), each direction beside its
+    untranslated input."""
+    plots = {}
     steps = [r["step"] for r in records]
     for name, heading, better in EVAL_MEASURES:
         series = []
@@ -208,7 +211,7 @@ def _eval_plots(records: list[dict]) -> list[str]:
                     }
                 )
         if series:
-            plots.append(svg_plot(series, heading, note=better))
+            plots[name] = svg_plot(series, heading, note=better)
     return plots
 
 
@@ -281,7 +284,7 @@ def build_report(workdir: str) -> str:
             + (f"; its held-out accuracy is {acc:.1%}." if acc is not None else ".")
             + f" {latest.get('pairs', 0)} test pairs; dataset {html.escape(str(latest.get('dataset')))}.</p>"
         )
-        out.append('<div class="plots">' + "\n".join(_eval_plots(records)) + "</div>")
+        out.append('<div class="plots">' + "\n".join(evaluation_plots(records).values()) + "</div>")
         out.append(_eval_table(records))
         notes = latest.get("notes") or []
         out += [f'<p class="note">note (step {latest["step"]}): {html.escape(str(n))}</p>' for n in notes]
@@ -332,6 +335,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", required=True, help="a train.py run folder")
     parser.add_argument("--output", default=None, help="the page (default: WORKDIR/report.html)")
+    parser.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="also write each evaluation plot as DIR/<measure>.svg (e.g. for a README)",
+    )
     return parser
 
 
@@ -346,6 +355,18 @@ def _run(args) -> None:
     if args.output and os.path.dirname(os.path.abspath(args.output)) != workdir:
         raise UsageError(f"--output={args.output}: must be in the run folder, or the page's relative links break")
     print(f"run report written to {write_report(workdir, args.output)}")
+    if args.figures:
+        plots = evaluation_plots(read_evaluations(workdir))
+        if not plots:
+            raise UsageError(f"--figures: {args.workdir} holds no evaluation yet (eval/step_*.json)")
+        try:
+            os.makedirs(args.figures, exist_ok=True)
+            for name, svg in plots.items():
+                with open(os.path.join(args.figures, f"{name}.svg"), "w", encoding="utf-8") as f:
+                    f.write(svg)
+        except OSError as e:
+            raise UsageError(f"--figures={args.figures}: cannot write there ({e.strerror or e})") from e
+        print(f"{len(plots)} evaluation plots written to {args.figures}: {', '.join(plots)}")
 
 
 def main(argv=None) -> int:
