@@ -6,11 +6,11 @@ official ones; what this demo changes from the paper's settings, and why:
 - 64 px, light model, ch 16, batch 4: the 2-core time budget.
 - 600 iterations at a constant learning rate (the paper decays it linearly over the second half): the demo used to
   run 1,200 steps with the decay from step 600, 859 s of training on an idle 2-core Xeon, over the 10-minute
-  budget. The first 600 steps of those runs are exactly this config's run, and at step 600 both directions were already past the
-  demo's bar in both seeds (seed 0 / seed 1: target rate A->B 0.992 / 0.946, B->A 0.995 / 0.925; feature KID A->B
-  0.78 / 4.35, B->A 0.26 / 2.56 against the input's 23.0; top-5 A->B 0.203 / 0.231, B->A 0.129 / 0.141 against
-  0.270 / 0.180). Another 600 steps with the decay bring the KIDs to 1.0-1.6 and B->A retrieval above the input's
-  (A->B stays below it); README has those numbers and a 3,000-step run.
+  budget. The first 600 steps of those runs are exactly this config's run, and at step 600 both directions were
+  already past the demo's bar in both seeds (seed 0 / seed 1: target rate A->B 0.992 / 0.946, B->A 0.995 / 0.925;
+  feature KID A->B 0.78 / 4.35, B->A 0.26 / 2.56 against the input's 23.0; top-5 A->B 0.203 / 0.231, B->A
+  0.129 / 0.141 against 0.270 / 0.180). Another 600 steps with the decay bring the KIDs to 1.0-1.6 and B->A
+  retrieval above the input's (A->B stays below it); README has those numbers and a 3,000-step run.
 - Discriminator depths 5 (global) and 4 (local): at 64 px the paper's 7-layer global discriminator would shrink
   its input below one pixel.
 - ``crop_margin`` 8 instead of the official 30: the official augmentation resizes to ``img_size + 30`` and crops
