@@ -20,6 +20,7 @@ only the precision of autocast's operations differs. torch is optional and impor
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import itertools
 import os
@@ -65,10 +66,13 @@ def locate_networks(path: str | os.PathLike, model: str = "ugatit", option: str 
     raise SystemExit(f"{option} {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
 
 
+@functools.cache
 def import_official(
     path: str | os.PathLike, model: str = "ugatit", option: str = "--torch-reference"
 ) -> types.ModuleType:
-    """Import the official ``networks.py`` of ``model``'s family by path under a private module name."""
+    """Import the official ``networks.py`` of ``model``'s family by path under a private module name; once per
+    process (``throughput.py`` checks the checkout before compiling, then builds the step from the same module, and
+    a bare git directory would otherwise be extracted into a new temporary folder each time)."""
     import_torch()
     repository, names = OFFICIAL[model]
     file = locate_networks(path, model, option)
