@@ -24,6 +24,9 @@ def tiny_config(**overrides):
         eval_every=0,
         checkpoint_every=1000,
         num_samples=2,
+        # A constant learning rate: the compiled step then does not depend on ``iterations`` (the decay's
+        # half-way point is a constant of the program), so runs of different lengths share one program.
+        decay_flag=False,
         xla_cache_dir=jax.config.jax_compilation_cache_dir or "",  # share the test session's cache
     )
     c.update(overrides)
@@ -31,8 +34,7 @@ def tiny_config(**overrides):
 
 
 def run_config(**overrides):
-    """The tiny config of the tests that train in-process (8 devices). ``iterations`` sets the learning-rate
-    schedule, which is part of the compiled step: one value for all of them makes their train step one program,
+    """The tiny config of the tests that train in-process (8 devices, batch 8): one step program for all of them,
     compiled once per test session (the persistent cache serves the others)."""
     return tiny_config(**{"batch_size": 8, "iterations": 4, **overrides})
 
@@ -42,7 +44,7 @@ def tiny_flags(**overrides):
     c = tiny_config(**overrides)
     keys = (
         "dataset light ch n_res img_size disc_global_layers disc_local_layers batch_size iterations log_every "
-        "sample_every eval_every checkpoint_every num_samples xla_cache_dir"
+        "sample_every eval_every checkpoint_every num_samples decay_flag xla_cache_dir"
     ).split()
     keys += [k for k in overrides if k not in keys]
     return [f"--config.{k}={c[k]}" for k in keys]
