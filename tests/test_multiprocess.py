@@ -74,6 +74,15 @@ def _worker(spec: dict, devices=None) -> None:
         # numpy-drawn weights (the same in every process): an eager init compiles one program per weight shape
         graphdefs, state = create_train_state(random_model(config), g_tx, d_tx)
         shardings = parallel.state_shardings(state, mesh, job.get("shard", False))
+        if job.get("differ"):  # process 1 starts from other weights: every process must refuse the state
+            if jax.process_index() == 1:
+                state = state.replace(params=jax.tree.map(lambda x: x + 1, state.params))
+            try:
+                parallel.place_state(state, shardings)
+            except parallel.DistributedError as error:
+                with open(f"{job['differ']}.{jax.process_index()}", "w") as f:
+                    f.write(str(error))
+            continue
         state = parallel.place_state(state, shardings)
         if job.get("restore"):
             with Checkpointer(job["restore"], async_save=False) as ckpt:
@@ -279,10 +288,12 @@ def fixed_runs(tmp_path_factory):
         [
             dict(out=path("B.npz"), save=path("ckB"), save_step=1),
             dict(out=path("D.npz"), restore=path("ckA"), restore_step=1),
+            dict(differ=path("differ")),
         ],
     )
     times["1x4 restore"] = _worker_here([dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)])
     runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCD"}
+    runs["differ"] = [(d / f"differ.{i}").read_text() if (d / f"differ.{i}").exists() else None for i in range(2)]
     runs["times"] = times
     return runs
 
@@ -318,11 +329,24 @@ def test_checkpoint_crosses_process_counts(fixed_runs):
     assert len(fixed_runs["C"]["losses"]) == len(fixed_runs["D"]["losses"]) == K_STEPS - 1
 
 
+def test_processes_refuse_differing_initial_states(fixed_runs):
+    """``parallel.place_state`` builds each process's shards from its own copy: a copy that differs (here process
+    1's weights, + 1) is an error on every process, not a silently inconsistent replica."""
+    p0, p1 = fixed_runs["differ"]
+    assert p0 and "process 0 holds a different initial state than process(es) [1]" in p0, p0
+    assert p1 and "process 1 holds a different initial state than process(es) [0]" in p1, p1
+
+
 # ------------------------------------------------------------------------------------------ train.py through launch
 
 
 def _train_cmd(workdir, *flags) -> list[str]:
     return ["train.py", "--config", "configs/default.py", "--workdir", str(workdir), *tiny_flags(**RUN), *flags]
+
+
+# Runs past the reference skip the final evaluation (process 0's alone, no part of the state the tests compare):
+# its classifier and translators would cost every launch seconds of compiling.
+NO_EVAL = "--config.eval_every=0"
 
 
 def _final_state(workdir, step=None):
@@ -353,11 +377,12 @@ def test_only_process_zero_writes_outputs_and_all_save(reference_run):
     print(f"2x2 train.py, {ITERATIONS} steps: {wall:.0f} s")
     assert "[p0]" in err and "[p1]" in err
     private = lambda p: (os.stat(p).st_mode & 0o077) == 0
-    for folder in ("tensorboard", "samples"):
+    for folder in ("tensorboard", "samples", "eval"):
         files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / folder) for f in fs]
         assert files, folder
         assert not [f for f in files if private(f)], f"process 1 wrote into {folder}"
     assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [p.name for p in (workdir / "eval").iterdir()] == [f"step_{ITERATIONS}.json"]
     ckpt_files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints") for f in fs]
     by_p1 = [f for f in ckpt_files if private(f)]
     assert by_p1, "process 1 wrote no checkpoint file"
@@ -415,7 +440,7 @@ def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
     step, state, _ = _final_state(workdir, last)
     assert int(state.step) == last
 
-    code, out, err = _launch(2, 2, *_train_cmd(workdir))
+    code, out, err = _launch(2, 2, *_train_cmd(workdir, NO_EVAL))
     assert code == 0, err[-6000:]
     assert "resumed from" in err and f"at step {last}" in err
     ref_step, ref_state, ref_data = _final_state(reference_run[0])
@@ -431,7 +456,7 @@ def test_two_process_run_resumes_in_one(reference_run, tmp_path):
     shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
     for step in (ITERATIONS - 2, ITERATIONS):  # resume from the oldest kept one
         shutil.rmtree(workdir / "checkpoints" / str(step))
-    code, out, err = _launch(1, 4, *_train_cmd(workdir))
+    code, out, err = _launch(1, 4, *_train_cmd(workdir, NO_EVAL))
     assert code == 0, err[-6000:]
     assert f"at step {ITERATIONS - 4}" in err and "written by 2 process(es), this run has 1" in err
     step, state, data = _final_state(workdir)

@@ -240,7 +240,7 @@ def place_state(state, shardings):
     if jax.process_count() == 1:
         return jax.device_put(state, shardings)
     host = jax.tree.map(np.asarray, jax.device_get(state))
-    sums = [float(np.sum(x, dtype=np.float64)) for x in jax.tree.leaves(host)]
+    sums = [float(np.sum(x, dtype=np.float64)).hex() for x in jax.tree.leaves(host)]  # exact, NaN == NaN
     differing = [i for i, other in enumerate(allgather_json(sums)) if other != sums]
     if differing:
         raise DistributedError(
