@@ -233,7 +233,7 @@ def place_state(state, shardings):
     """Put a (host or device) state onto its shardings; every process passes the same values.
 
     Across processes, ``jax.device_put`` proves each leaf equal on every process with its own all-gather, one
-    compiled program per leaf shape (20 of the 30 small programs each process of a 2-process launch of the tests'
+    compiled program per leaf shape (25 of the 30 small programs each process of a 2-process launch of the tests'
     tiny model compiled). Here each process builds its shards of every leaf from its own copy, and one all-gather
     of per-leaf float64 sums stands for that proof (a state that differs between processes is an error).
     """
