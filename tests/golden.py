@@ -11,6 +11,7 @@ from flax import nnx
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
+from ugatit_jax.nn.jit_init import abstract_module
 
 # Parity tolerance. Elementwise |ours - ref| <= RTOL * |ref| + RTOL * max(1, max|ref|): the eval-mode
 # discriminators of an *untrained* checkpoint use the never-iterated random u, v, so sigma is tiny and their
@@ -54,7 +55,7 @@ class _Fixture:
             self.io = {k: z[k] for k in z.files}
         self.real = {"A": jnp.asarray(nhwc(self.io["real_A"])), "B": jnp.asarray(nhwc(self.io["real_B"]))}
 
-    def _build(self, **kw):
+    def _build(self, rngs, **kw):
         raise NotImplementedError
 
     def model(self, **kw):
@@ -63,7 +64,7 @@ class _Fixture:
         golden full U-GAT-IT's 23 s model on a 2-core Xeon)."""
         key = (str(self.dir), tuple(sorted(kw.items())))
         if key not in _ABSTRACT:  # tracing the construction takes seconds too: once per fixture and options
-            _ABSTRACT[key] = nnx.split(nnx.eval_shape(lambda: self._build(**kw)))
+            _ABSTRACT[key] = nnx.split(abstract_module(lambda rngs: self._build(rngs=rngs, **kw)))
         graphdef, abstract = _ABSTRACT[key]
         model = nnx.merge(graphdef, jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype)), abstract))
         torch_import.load_official_checkpoint(model, self.dir / "init.pt")
@@ -76,7 +77,7 @@ class _Fixture:
 class Golden(_Fixture):
     """A U-GAT-IT fixture folder."""
 
-    def _build(self, **kw) -> UGATIT:
+    def _build(self, rngs, **kw) -> UGATIT:
         c = self.config
         return UGATIT(
             c["ch"],
@@ -85,7 +86,7 @@ class Golden(_Fixture):
             c["light"],
             c["disc_global_layers"],
             c["disc_local_layers"],
-            rngs=nnx.Rngs(0),
+            rngs=rngs,
             **kw,
         )
 
@@ -98,9 +99,9 @@ class NiceGolden(_Fixture):
     DOMAIN = {"disA": "A", "disB": "B", "gen2B": "A", "gen2A": "B"}  # gen2B decodes disA's code of real A
     ENCODER = {"gen2B": "disA", "gen2A": "disB"}
 
-    def _build(self, **kw) -> NICE:
+    def _build(self, rngs, **kw) -> NICE:
         c = self.config
-        return NICE(c["ch"], c["n_res"], c["n_dis"], c["img_size"], c["light"], rngs=nnx.Rngs(0), **kw)
+        return NICE(c["ch"], c["n_res"], c["n_dis"], c["img_size"], c["light"], rngs=rngs, **kw)
 
 
 def reordered_sum_outliers(pairs, lr: float, steps: int) -> tuple[int, int, float]:

@@ -13,7 +13,7 @@ from tiny import tiny_config
 from ugatit_jax.models.family import build_model
 from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
 from ugatit_jax.nn.attention import CAMAttention
-from ugatit_jax.nn.jit_init import jit_init
+from ugatit_jax.nn.jit_init import abstract_module, jit_init
 from ugatit_jax.nn.norms import ILN, AdaILN
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
@@ -26,7 +26,7 @@ def n_params(module) -> int:
 
 
 def abstract(ctor):
-    return nnx.eval_shape(lambda: ctor(rngs=nnx.Rngs(0)))
+    return abstract_module(lambda rngs: ctor(rngs=rngs))
 
 
 def abstract_forward(module, *arg_shapes):
@@ -259,3 +259,18 @@ def test_build_model_is_seeded_and_draws_torch_default_bounds(model):
         w = first[k]
         bound = 1 / math.sqrt(math.prod(w.shape[:-1]))  # fan_in: (kh, kw, in) of a conv, (in,) of a linear
         assert np.max(np.abs(w)) <= bound and (w.size < 64 or np.max(np.abs(w)) > 0.8 * bound), k
+
+
+def test_traced_rngs_draw_the_keys_of_nnx_rngs():
+    """``jit_init.TracedRngs`` stands in for ``nnx.Rngs(key)`` while constructing: the same key for every draw, in
+    order, eagerly and traced; a stream it does not have is an error, not a silent stand-in."""
+    from ugatit_jax.nn.jit_init import TracedRngs
+
+    draws = lambda rngs: [rngs.params(), rngs(), rngs.default(), rngs.params()]
+    data = lambda keys: jnp.stack([jax.random.key_data(k) for k in keys])
+    key = jax.random.key(3)
+    expected = data(draws(nnx.Rngs(key)))
+    np.testing.assert_array_equal(data(draws(TracedRngs(key))), expected)
+    np.testing.assert_array_equal(jax.jit(lambda k: data(draws(TracedRngs(k))))(key), expected)
+    with pytest.raises(AttributeError):
+        TracedRngs(key).dropout()

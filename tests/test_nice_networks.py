@@ -16,6 +16,7 @@ from golden import reordered_sum_outliers
 
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE, NiceDiscriminator, pixel_shuffle
+from ugatit_jax.nn.jit_init import abstract_module
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN, clip_rho
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 from ugatit_jax.train import optim, parallel
@@ -29,7 +30,7 @@ PAPER_PARAMS = {"full_gen": 276_474_560, "light_gen": 8_104_640, "dis": 46_874_4
 
 
 def paper_model(light: bool) -> NICE:
-    return nnx.eval_shape(lambda: NICE(64, 6, 7, 256, light, rngs=nnx.Rngs(0)))
+    return abstract_module(lambda rngs: NICE(64, 6, 7, 256, light, rngs=rngs))
 
 
 def count(module) -> int:
@@ -142,7 +143,7 @@ TINY = dict(ch=2, n_res=1, n_dis=6, img_size=48, light=True)  # n_dis 6 at 48 px
 def tiny_model(seed=0, scale=0.3, **overrides) -> NICE:
     """Random weights drawn by NumPy (an eager random init compiles one XLA program per weight shape)."""
     c = {**TINY, **overrides}
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: NICE(**c, rngs=nnx.Rngs(0))))
+    graphdef, abstract = nnx.split(abstract_module(lambda rngs: NICE(**c, rngs=rngs)))
     rng = np.random.default_rng(seed)
     return nnx.merge(
         graphdef, jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), abstract)

@@ -15,6 +15,7 @@ from ugatit_jax.interop import torch_import
 from ugatit_jax.interop.torch_import import CheckpointMismatchError
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn import layers
+from ugatit_jax.nn.jit_init import abstract_module
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 PACKAGE = pathlib.Path(torch_import.__file__).parent.parent  # the whole ugatit_jax package
@@ -25,7 +26,7 @@ def tiny_model(seed=0, *, ch=2, n_res=4, img_size=16, light=False, disc=(7, 5)) 
 
     n_res 4 and discriminator depths 7 / 5 give exactly the official key names; only the widths are tiny.
     """
-    abstract = nnx.eval_shape(lambda: UGATIT(ch, n_res, img_size, light, *disc, rngs=nnx.Rngs(0)))
+    abstract = abstract_module(lambda rngs: UGATIT(ch, n_res, img_size, light, *disc, rngs=rngs))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
     fill = lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype)
@@ -199,7 +200,7 @@ def _assert_torch_matches(torch_layer, x_nhwc, ours_nhwc):
 @pytest.mark.parametrize("light", [False, True])
 def test_key_names_and_torch_shapes_at_paper_size(light):
     """ch 64, img 256: every official key and torch shape, derived abstractly (the full FC.0 is 268M floats)."""
-    model = nnx.eval_shape(lambda: UGATIT(64, 4, 256, light, 7, 5, rngs=nnx.Rngs(0)))
+    model = abstract_module(lambda rngs: UGATIT(64, 4, 256, light, 7, 5, rngs=rngs))
     expected = official_keys()
     if light:
         expected["genA2B.FC.0.weight"] = (256, 256)

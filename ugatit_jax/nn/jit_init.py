@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import jax
+import numpy as np
 from flax import nnx
 
 from ugatit_jax.memo import remember
@@ -30,6 +31,34 @@ from ugatit_jax.nn.batched_draws import batch_threefry_draws
 M = TypeVar("M", bound=nnx.Module)
 
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # 43 s -> 14 s for the tests' tiny model (2-core Xeon)
+
+
+class TracedRngs:
+    """What module constructors use of ``nnx.Rngs(key)`` (``rngs.params()``, ``rngs()``), for constructing under a
+    trace: the same keys, ``fold_in(key, n)`` for the n-th draw, counted in Python.
+
+    ``nnx.Rngs`` keeps its count in a Variable, and each ``count[...] += 1`` on a tracer asks it for ``.sharding``;
+    JAX answers with an AttributeError whose message walks the whole trace to say where the tracer came from. For
+    U-GAT-IT that was about 60% of tracing the construction (1.1 of 1.8 s for the tests' tiny model, by
+    cProfile), paid by every initialiser and every abstract model: ``nnx.eval_shape`` of the tests' tiny model
+    and of the emoji config's took 0.5-1 s, now 0.2-0.6 s (2-core Xeon). Only the ``default`` stream exists (what
+    ``nnx.Rngs(key).params`` falls back to); a module that asks for anything else gets an AttributeError.
+    """
+
+    def __init__(self, key: jax.Array):
+        self._key, self._count = key, 0
+
+    def __call__(self) -> jax.Array:
+        key = jax.random.fold_in(self._key, np.uint32(self._count))
+        self._count += 1
+        return key
+
+    params = default = property(lambda self: self)
+
+
+def abstract_module(construct: Callable[[TracedRngs], M]) -> M:
+    """``construct(rngs)`` under ``nnx.eval_shape``: the module's structure with shapes and dtypes, no arrays."""
+    return nnx.eval_shape(lambda: construct(TracedRngs(jax.random.key(0))))
 
 
 def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache_key: Hashable = None) -> M:
@@ -42,7 +71,7 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache
     """
     key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
     if isinstance(key, jax.core.Tracer):
-        return construct(nnx.Rngs(key))
+        return construct(TracedRngs(key))
     if cache_key is None:
         init, graphdefs = _initialiser(construct)
     else:
@@ -54,14 +83,13 @@ def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache
 def _initialiser(construct: Callable[[nnx.Rngs], nnx.Module]) -> tuple[Callable, list]:
     """The jitted ``key -> state`` initialiser and the list its trace appends the graph definition to.
 
-    The graph definition (static structure, no arrays) is taken from the one trace of ``init``: tracing the
-    construction costs seconds (flax asks every RNG counter's tracer for ``.sharding``, and JAX's error message for
-    that walks the whole trace), so it is not traced a second time under ``nnx.eval_shape`` for it.
+    The graph definition (static structure, no arrays) is taken from the one trace of ``init``, so the
+    construction is not traced a second time under ``nnx.eval_shape`` for it.
     """
     graphdefs = []
 
     def draw(key: jax.Array) -> nnx.State:
-        graphdef, state = nnx.split(construct(nnx.Rngs(key)))
+        graphdef, state = nnx.split(construct(TracedRngs(key)))
         graphdefs.append(graphdef)
         return state
 
