@@ -73,7 +73,7 @@ def _worker(spec: dict, devices=None) -> None:
         g_tx, d_tx = trainer.make_optimizers(config)
         # numpy-drawn weights (the same in every process): an eager init compiles one program per weight shape
         graphdefs, state = create_train_state(random_model(config), g_tx, d_tx)
-        shardings = parallel.state_shardings(state, mesh, job.get("shard", False))
+        shardings = parallel.state_shardings(state, mesh, config.shard_state)
         if job.get("differ"):  # process 1 starts from other weights: every process must refuse the state
             if jax.process_index() == 1:
                 state = state.replace(params=jax.tree.map(lambda x: x + 1, state.params))
@@ -87,9 +87,8 @@ def _worker(spec: dict, devices=None) -> None:
         if job.get("restore"):
             with Checkpointer(job["restore"], async_save=False) as ckpt:
                 state, _, _ = ckpt.restore(abstract_like(state, shardings), job["restore_step"])
-        step_fn = parallel.jit_train_step(
-            trainer.make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=shardings
-        )
+        # the trainer's own step (traced-step cache included), so train.py's launches load what this one kept
+        step_fn = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
         ckpt = Checkpointer(job["save"], async_save=False) if job.get("save") else None
         losses = []
         for i in range(int(jax.device_get(state.step)), K_STEPS):

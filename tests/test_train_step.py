@@ -12,15 +12,21 @@ from ugatit_jax.train import state as train_state
 STEPS = 3
 
 
-def _run(config, devices, batches):
-    # chex counts traces per definition site, and each test builds a fresh step at the same site.
+def _step(config, mesh):
+    """The trainer's step (``trainer.jitted_step``: the program the in-process training tests compile), made anew:
+    chex counts traces per definition site, and each test builds a fresh step at the same site."""
     chex.clear_trace_counter()
-    mesh = parallel.make_mesh(devices)
+    trainer._STEPS.clear()
     model = trainer.build_model(config)
     g_tx, d_tx = trainer.make_optimizers(config)
     graphdefs, state = train_state.create_train_state(model, g_tx, d_tx)
     state = parallel.replicate(state, mesh)
-    step = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
+    return trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh)), state
+
+
+def _run(config, devices, batches):
+    mesh = parallel.make_mesh(devices)
+    step, state = _step(config, mesh)
     losses = []
     for batch in batches:
         batch = jax.device_put(batch, parallel.batch_sharding(mesh))
@@ -75,13 +81,8 @@ def test_retrace_is_an_error(batches):
 
 def test_spectral_norm_state_identical_on_all_devices(batches):
     config = tiny_config(batch_size=8)
-    chex.clear_trace_counter()
     mesh = parallel.make_mesh(jax.devices())
-    model = trainer.build_model(config)
-    g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, state = train_state.create_train_state(model, g_tx, d_tx)
-    state = parallel.replicate(state, mesh)
-    step = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
+    step, state = _step(config, mesh)
     state, _ = step(state, jax.device_put(batches[0], parallel.batch_sharding(mesh)))
     for leaf in jax.tree.leaves(state.sn):
         shards = [np.asarray(s.data) for s in leaf.addressable_shards]

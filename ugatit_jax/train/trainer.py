@@ -32,7 +32,7 @@ from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import optim, parallel
+from ugatit_jax.train import optim, parallel, step_cache
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
@@ -68,11 +68,18 @@ STEP_KEYS = ARCHITECTURE_KEYS + (
 def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings):
     """The run's jitted train step, kept per (``STEP_KEYS`` values, devices): a process that trains the same setup
     again (tests, a notebook) reuses the traced and compiled program instead of tracing it and loading it from the
-    persistent cache (seconds each on a CPU)."""
+    persistent cache (seconds each on a CPU). With the compilation cache on, a new process loads the traced step
+    from disk too (``step_cache``): a warm start then neither traces nor compiles it."""
     key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
-    make = lambda: parallel.jit_train_step(
-        make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=state_shardings
-    )
+
+    def make():
+        step_fn = make_step(config, graphdefs, g_tx, d_tx)
+        jit_fn = lambda fn: parallel.jit_train_step(fn, mesh, state_sharding=state_shardings)
+        cache_dir = jax.config.jax_compilation_cache_dir
+        if not cache_dir:
+            return jit_fn(step_fn)
+        return step_cache.ExportedStep(step_fn, key, mesh, jit_fn, os.path.join(cache_dir, step_cache.SUBDIR))
+
     return remember(_STEPS, key, make, limit=4)
 
 
