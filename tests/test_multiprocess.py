@@ -40,6 +40,7 @@ RUN = dict(
     log_every=1,
     sample_every=1000,
     eval_every=ITERATIONS,
+    classifier_steps=10,  # the evaluation's domain classifier: the recipe's 300 steps took a minute of CPU here
 )
 
 
@@ -382,6 +383,8 @@ def test_only_process_zero_writes_outputs_and_all_save(reference_run):
         assert not [f for f in files if private(f)], f"process 1 wrote into {folder}"
     assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert [p.name for p in (workdir / "eval").iterdir()] == [f"step_{ITERATIONS}.json"]
+    record = json.loads((workdir / "eval" / f"step_{ITERATIONS}.json").read_text())
+    assert record["classifier"]["steps"] == 10 and record["classifier"]["key"].endswith("-steps10")
     ckpt_files = [os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints") for f in fs]
     by_p1 = [f for f in ckpt_files if private(f)]
     assert by_p1, "process 1 wrote no checkpoint file"

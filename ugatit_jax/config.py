@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 1000
     c.num_samples = 5  # images per strip, from train and from test
     c.eval_every = 10_000  # paired L1/PSNR on held-out pairs (datasets that have them); 0 = never
+    # Training steps of the evaluation's domain classifier; 0 = the recipe's (domain_classifier.STEPS, behind the
+    # README's numbers). Another count trains and caches a classifier of its own: a quick check, not comparable.
+    c.classifier_steps = 0
     c.checkpoint_every = 10_000
     c.keep_checkpoints = 3
     c.xla_cache_dir = compilation_cache.DEFAULT_DIR  # persistent compilation cache ("" = off)
@@ -128,6 +131,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     for key in ("log_every", "sample_every", "checkpoint_every"):
         need(c[key] > 0, key, "must be positive")
     need(c.eval_every >= 0, "eval_every", "must be >= 0 (0 = never)")
+    need(c.classifier_steps >= 0, "classifier_steps", "must be >= 0 (0 = the recipe's)")
     need(c.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
     need(c.num_samples > 0, "num_samples", "must be positive")
     need(c.num_workers >= 0, "num_workers", "must be >= 0")

@@ -104,6 +104,7 @@ def _run(args) -> None:
         kid_subset_size=args.kid_subset_size,
         kid_subsets=args.kid_subsets,
         batch_size=args.batch_size or default_batch_size(),
+        classifier_steps=config.get("classifier_steps"),  # the run's (runs saved before the key: the recipe's)
     )
     if feature_fn is None:
         record["notes"].append(missing_weights_note())

@@ -148,6 +148,7 @@ class Evaluator:
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         classifier_dir: str | None = None,
+        classifier_steps: int | None = None,
     ):
         self.source = source
         self.img_size = img_size
@@ -156,6 +157,7 @@ class Evaluator:
         self.kid_subsets = kid_subsets
         self.kid_subset_size = kid_subset_size
         self.classifier_dir = classifier_dir
+        self.classifier_steps = classifier_steps or None  # None / 0: the recipe's
         self._fixed = None
 
     # -- what does not depend on the generators, computed once -------------------------------------------------
@@ -165,7 +167,7 @@ class Evaluator:
             return self._fixed
         started = time.perf_counter()
         test = load_test_set(self.source, self.img_size)
-        model, info = dc.load_or_train(self.source, self.classifier_dir)
+        model, info = dc.load_or_train(self.source, self.classifier_dir, steps=self.classifier_steps)
         score = dc.make_scorer(model)
         logits, feats = {}, {}
         for split, images in test.images.items():
@@ -193,6 +195,7 @@ class Evaluator:
                 "path": info["path"],
                 "held_out_accuracy": accuracy,
                 "trained_now": info["trained_now"],
+                "steps": info.get("steps"),
                 "train_seconds": info.get("train_seconds"),
                 "train_images": info.get("train_images"),
             },

@@ -205,7 +205,7 @@ class RunEvaluator:
     ``workdir/eval/step_<N>.json``, the file ``python -m ugatit_jax.evaluate`` writes for a checkpoint."""
 
     def __init__(self, config, source, graphdefs, workdir: str):
-        self.evaluator = Evaluator(source, config.img_size)
+        self.evaluator = Evaluator(source, config.img_size, classifier_steps=config.classifier_steps)
         self.family = get_family(config)
         self.bind = make_translators(self.family, graphdefs)
         self.workdir = workdir
