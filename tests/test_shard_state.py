@@ -25,11 +25,13 @@ def test_shard_spec():
 
 def _setup(config, shard, mesh):
     chex.clear_trace_counter()
+    config = tiny_config(**{**config.to_dict(), "shard_state": shard})
     g_tx, d_tx = trainer.make_optimizers(config)
     # random_model: the construction traced once for all four set-ups (the random init's program traced each time)
     graphdefs, state = train_state.create_train_state(random_model(config), g_tx, d_tx)
     shardings = parallel.state_shardings(state, mesh, shard)
-    step = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh, state_sharding=shardings)
+    # the trainer's step: the replicated one is the program of the other 8-device tests (compiled once)
+    step = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
     return parallel.place_state(state, shardings), shardings, step
 
 
