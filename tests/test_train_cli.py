@@ -126,6 +126,7 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     out, err = third.communicate(timeout=600)
     assert third.returncode == 0, err
     assert "resumed from" in err
+    assert "train step loaded from" in err, "the first run kept its traced step; a resume should load it"
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
 
