@@ -62,7 +62,8 @@ def abstract_module(construct: Callable[[TracedRngs], M]) -> M:
 
 
 def jit_init(construct: Callable[[nnx.Rngs], M], seed: int | jax.Array, *, cache_key: Hashable = None) -> M:
-    """``construct(nnx.Rngs(seed))``, initialised by one jitted program.
+    """``construct(rngs)`` with the keys ``nnx.Rngs(seed)`` would draw (``rngs`` is a ``TracedRngs``), initialised
+    by one jitted program.
 
     Inside another trace (``nnx.eval_shape``, ``jax.jit``) it simply calls ``construct``: that trace does the work.
     With a ``cache_key`` (one per architecture: equal keys must mean equal ``construct`` results), the traced and
