@@ -146,23 +146,14 @@ def abstract_setup(config, n_devices: int | None):
     """Shapes only (no parameter is allocated): compile even the 279M-parameter full model on a small machine."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from ugatit_jax.train import parallel, trainer
-    from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState, split_model
+    from ugatit_jax.train.state import abstract_train_state
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     mesh = parallel.make_mesh(devices)
-    model = nnx.eval_shape(lambda: trainer.build_model(config))
     g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, params, sn = split_model(model)
-    state = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        params=params,
-        sn=sn,
-        g_opt=jax.eval_shape(g_tx.init, {n: params[n] for n in G_NAMES}),
-        d_opt=jax.eval_shape(d_tx.init, {n: params[n] for n in D_NAMES}),
-    )
+    graphdefs, state = abstract_train_state(config, g_tx, d_tx)  # either family's networks and optimisers
     step_fn = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
     shape = (config.batch_size, config.img_size, config.img_size, 3)
     batch = {d: jax.ShapeDtypeStruct(shape, jnp.uint8) for d in "AB"}
