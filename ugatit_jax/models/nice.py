@@ -27,7 +27,6 @@ from ugatit_jax.models.ugatit import ResnetAdaILNBlock
 from ugatit_jax.nn import layers
 from ugatit_jax.nn.attention import ResidualCAMAttention
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN
-from ugatit_jax.nn.repeat import apply_repeated
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 N_DOWNSAMPLING = 2  # the encoder's two stride-2 convs: z is img_size / 4 wide with 2 * ch channels
@@ -204,11 +203,18 @@ class NiceGenerator(nnx.Module):
             h = x.reshape(x.shape[0], -1)  # (B, H/4 * W/4 * 4ch), (h, w, c) order
         h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
         gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ch) each
-        x = apply_repeated(self.adailn_blocks, x, gamma, beta, remat=self.remat)
+        # remat: recompute each residual block in the backward pass instead of storing its activations.
+        call = nnx.remat(_call_block) if self.remat else _call_block
+        for block in self.adailn_blocks:
+            x = call(block, x, gamma, beta)
         for up in self.up:
             x = up(x)  # (B, H/2, W/2, 2ch), then (B, H, W, ch)
         out = jnp.tanh(self.to_rgb(layers.reflect_pad(x, 3)))
         return out.astype(jnp.float32)
+
+
+def _call_block(block, *args):
+    return block(*args)
 
 
 class NICE(nnx.Module):

@@ -14,7 +14,6 @@ from flax import nnx
 from ugatit_jax.nn import layers
 from ugatit_jax.nn.attention import CAMAttention
 from ugatit_jax.nn.norms import ILN, AdaILN, instance_norm
-from ugatit_jax.nn.repeat import apply_repeated
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
 N_DOWNSAMPLING = 2  # fixed in the official generator: features are img_size / 4 wide
@@ -114,7 +113,9 @@ class Generator(nnx.Module):
         for down in self.down:
             x = jax.nn.relu(instance_norm(down(layers.reflect_pad(x, 1))))
         # remat: recompute each residual block in the backward pass instead of storing its activations.
-        x = apply_repeated(self.res_blocks, x, remat=self.remat)  # scanned: one block compiled for n_res
+        call = nnx.remat(_call_block) if self.remat else _call_block
+        for block in self.res_blocks:
+            x = call(block, x)
         x, cam_logit, heatmap = self.cam(x)  # x: (B, H/4, W/4, 4ngf)
         if self.light:
             h = jnp.mean(x, axis=(1, 2))  # (B, 4ngf)
@@ -122,11 +123,16 @@ class Generator(nnx.Module):
             h = x.reshape(x.shape[0], -1)  # (B, H/4 * W/4 * 4ngf), (h, w, c) order
         h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
         gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ngf) each
-        x = apply_repeated(self.adailn_blocks, x, gamma, beta, remat=self.remat)
+        for block in self.adailn_blocks:
+            x = call(block, x, gamma, beta)
         for up in self.up:
             x = up(x)
         out = jnp.tanh(self.to_rgb(layers.reflect_pad(x, 3)))
         return out.astype(jnp.float32), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
+
+
+def _call_block(block, *args):
+    return block(*args)
 
 
 def _leaky_relu(x):
