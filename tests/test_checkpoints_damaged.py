@@ -124,3 +124,25 @@ def test_training_resumes_past_a_damaged_checkpoint(tmp_path):
     with Checkpointer(workdir, read_only=True) as ckpt:
         assert ckpt.latest_step() == 4
         assert ckpt.damage(4) is None
+
+
+def _part(config, names=("genA2B",)):
+    """The params and spectral-norm vectors of ``names``: what inference reads of a checkpoint."""
+    abstract = _abstract(config)
+    return {"params": {n: abstract.params[n] for n in names}, "sn": {n: abstract.sn[n] for n in names}}
+
+
+def test_restore_part_reads_only_the_networks_asked_for(three_checkpoints):
+    workdir, config, base = three_checkpoints
+    with Checkpointer(str(workdir), read_only=True) as ckpt:
+        part = ckpt.restore_part(_part(config, ("genB2A", "disGA")), 3)
+        assert sorted(part["params"]) == ["disGA", "genB2A"] and sorted(part["sn"]) == ["disGA", "genB2A"]
+        for name in ("genB2A", "disGA"):
+            for got, want in zip(jax.tree.leaves(part["params"][name]), jax.tree.leaves(base[name]), strict=True):
+                np.testing.assert_array_equal(got, want + 3)
+        with pytest.raises(CheckpointError, match=r"does not fit this run's model.*params/genA2B/.*saved \("):
+            ckpt.restore_part(_part(tiny_config(ch=8)), 3)  # another model: the config message, with a path
+    _truncate(os.path.join(workdir, "checkpoints", "4", "_CHECKPOINT_METADATA"))
+    with Checkpointer(str(workdir), read_only=True) as ckpt:
+        with pytest.raises(DamagedCheckpointError, match="checkpoint 4 is damaged: _CHECKPOINT_METADATA"):
+            ckpt.restore_part(_part(config), 4)

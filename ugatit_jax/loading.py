@@ -24,7 +24,7 @@ from flax import nnx
 
 from ugatit_jax.config import ConfigError
 from ugatit_jax.inference import make_cycle_fn, make_translate_fn, translation_state
-from ugatit_jax.models.family import DIRECTIONS, Family, empty_model, get_family
+from ugatit_jax.models.family import DIRECTIONS, Family, abstract_model, empty_model, get_family
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
 # The official releases' default model shapes, for an official checkpoint whose shape flags are not given.
@@ -57,7 +57,7 @@ class Translator:
     def from_model(cls, model: nnx.Module, family: Family, img_size: int, *, config=None, step=None, name="model"):
         """Any family container (e.g. ``UGATIT``, ``NICE``) holding at least the translating networks."""
         graphdefs, params, sn = {}, {}, {}
-        for n in dict.fromkeys(n for nets in family.translation_networks.values() for n in nets):
+        for n in family.translating:
             graphdefs[n], p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
             params[n], sn[n] = nnx.as_pure(p), nnx.as_pure(s)
         state = jax.device_put(translation_state(family, params, sn))
@@ -97,10 +97,21 @@ def run_dir_or_fail(workdir: str) -> str:
     return path
 
 
+def _step_and_config(ckpt, workdir: str, step: int | None) -> tuple[int, ml_collections.ConfigDict]:
+    """The checkpoint step to read (latest when None) and the config it was saved with."""
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
+    if step not in ckpt.all_steps():
+        raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
+    return step, ml_collections.ConfigDict(ckpt.read_config(step))
+
+
 def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
     """(config, model in eval mode with the checkpoint's weights, step) of a run, on the default device.
 
     The config comes from the checkpoint itself, so the model is rebuilt with the shapes it was trained with.
+    Every network is read; ``load_run`` reads only those a translation needs.
     """
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.optim import make_optimizers
@@ -108,12 +119,7 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
 
     path = run_dir_or_fail(workdir)
     with Checkpointer(path, read_only=True) as ckpt:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
-        if step not in ckpt.all_steps():
-            raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
-        config = ml_collections.ConfigDict(ckpt.read_config(step))
+        step, config = _step_and_config(ckpt, workdir, step)
         g_tx, d_tx = make_optimizers(config)
         _, abstract_state = abstract_train_state(config, g_tx, d_tx)
         device = jax.devices()[0]
@@ -124,10 +130,30 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
 
 
 def load_run(workdir: str, step: int | None = None) -> Translator:
-    """The translating networks of a training run (latest checkpoint, or ``step``)."""
-    config, model, step = restore_run(workdir, step)
-    name = f"{os.path.basename(os.path.abspath(os.path.expanduser(workdir)))} step {step}"
-    return Translator.from_model(model, get_family(config), config.img_size, config=config, step=step, name=name)
+    """The translating networks of a training run (latest checkpoint, or ``step``).
+
+    Only their parameters and spectral-norm vectors are read from the checkpoint (not the other networks, not
+    the optimiser moments): for the emoji run, the restore takes 0.25 s instead of about 1 s, and no optimiser
+    state is traced.
+    """
+    from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+
+    path = run_dir_or_fail(workdir)
+    with Checkpointer(path, read_only=True) as ckpt:
+        step, config = _step_and_config(ckpt, workdir, step)
+        family = get_family(config)
+        model = nnx.merge(*abstract_model(config))  # shapes only; the translating networks are filled below
+        part = {"params": {}, "sn": {}}
+        for n in family.translating:
+            _, p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
+            part["params"][n], part["sn"][n] = nnx.as_pure(p), nnx.as_pure(s)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        part = ckpt.restore_part(abstract_like(part, device), step)
+    for n in family.translating:
+        nnx.update(getattr(model, n), part["params"][n], part["sn"][n])
+    model.eval()
+    name = f"{os.path.basename(path)} step {step}"
+    return Translator.from_model(model, family, config.img_size, config=config, step=int(step), name=name)
 
 
 def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.ConfigDict:
@@ -157,7 +183,7 @@ def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translat
     config = official_config(model, **shape)
     family = get_family(config)
     net = empty_model(config)
-    names = tuple(dict.fromkeys(n for nets in family.translation_networks.values() for n in nets))
+    names = family.translating
     described = ", ".join(f"{k} {config[k]}" for k in PAPER_SHAPE[model] if k != "light")
     described += ", light" if config.light else ", full"
     try:

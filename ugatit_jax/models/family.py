@@ -52,6 +52,11 @@ class Family:
     def names(self) -> tuple[str, ...]:
         return self.model_class.NAMES
 
+    @property
+    def translating(self) -> tuple[str, ...]:
+        """Every network some translation reads (inference loads these and no other)."""
+        return tuple(dict.fromkeys(n for nets in self.translation_networks.values() for n in nets))
+
 
 def _dtype(config):
     return jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None

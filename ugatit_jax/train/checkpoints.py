@@ -177,45 +177,67 @@ class Checkpointer:
                 return f"{name} is not a JSON object"
         return None
 
-    def _saved_shapes(self, step: int) -> list[tuple[int, ...]]:
+    def _saved_arrays(self, step: int) -> dict[str, tuple[int, ...]]:
+        """Shape of every array of checkpoint ``step``'s state, by path (``params/genA2B/stem/kernel``), from its
+        metadata alone."""
         from etils import epath
 
         path = epath.Path(os.path.join(self.directory, str(step), "state"))
         metadata = ocp.StandardCheckpointHandler().metadata(path)
-        leaves = jax.tree.leaves(metadata, is_leaf=lambda x: hasattr(x, "shape"))
-        return sorted(tuple(leaf.shape) for leaf in leaves)
+        return _shapes_by_path(metadata)
 
-    def _restore(self, abstract_state, step: int) -> tuple[Any, dict, dict]:
+    def _check(self, step: int) -> dict[str, tuple[int, ...]]:
+        """Checkpoint ``step`` exists and its metadata reads back (else CheckpointError / DamagedCheckpointError);
+        returns ``_saved_arrays``."""
         if step not in self.all_steps():
             raise CheckpointError(f"no checkpoint {step} in {self.directory}; available: {self.all_steps()}")
         reason = self.damage(step)
         if reason:
             raise DamagedCheckpointError(step, reason)
+        try:
+            return self._saved_arrays(step)
+        except Exception as meta_error:  # noqa: BLE001 - orbax/tensorstore raise many types for unreadable files
+            raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from None
+
+    def _restore(self, abstract_state, step: int) -> tuple[Any, dict, dict]:
         # Damage or a different model? The saved array shapes (from metadata) against the run's, checked before
         # any array is read: a restore that fails part-way leaves Orbax's reads running, whose callbacks print
         # tracebacks ("Event loop is closed") while the error unwinds.
+        saved = sorted(self._check(step).values())
         wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(abstract_state))
-        try:
-            saved = self._saved_shapes(step)
-        except Exception as meta_error:  # noqa: BLE001 - orbax/tensorstore raise many types for unreadable files
-            raise DamagedCheckpointError(step, f"array metadata unreadable ({_first_line(meta_error)})") from None
         if saved != wanted:
             raise CheckpointError(self._misfit(step, _shape_difference(saved, wanted)))
+        restored = self._read(
+            step,
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        )
+        return restored.state, dict(restored.data or {}), dict(restored.config or {})
+
+    def restore_part(self, abstract_part, step: int) -> Any:
+        """Some of checkpoint ``step``'s state arrays, read alone: ``abstract_part`` is a subtree of the state
+        (e.g. ``{"params": {"genA2B": ...}, "sn": {"genA2B": ...}}``) of ``jax.ShapeDtypeStruct`` with shardings.
+
+        For inference, which needs neither every network nor the optimisers' moments (three times the parameters).
+        """
+        saved = self._check(step)
+        wanted = _shapes_by_path(abstract_part)
+        misfits = [f"{k}: saved {saved.get(k, 'nothing')}, model {v}" for k, v in wanted.items() if saved.get(k) != v]
+        if misfits:
+            shown = "; ".join(misfits[:3]) + ("; ..." if len(misfits) > 3 else "")
+            raise CheckpointError(self._misfit(step, f"{len(misfits)} of {len(wanted)} arrays differ: {shown}"))
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+        return self._read(step, state=ocp.args.PyTreeRestore(abstract_part, restore_args, partial_restore=True)).state
+
+    def _read(self, step: int, **items):
+        """``manager.restore`` of ``items`` once their shapes are known to fit; an array that does not read back
+        is damage (e.g. a truncated file) or another dtype, named in the message either way."""
         _drop_abandoned_read_reports()
         try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=ocp.args.JsonRestore(),
-                    config=ocp.args.JsonRestore(),
-                ),
-            )
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - TensorStore read errors are bare Exceptions
-            # The shapes fit (above), so an array that does not read back is damage (e.g. a truncated file), or
-            # another dtype: named in the message either way.
             raise DamagedCheckpointError(step, f"arrays unreadable ({_first_line(e)})") from e
-        return restored.state, dict(restored.data or {}), dict(restored.config or {})
 
     def _misfit(self, step: int, detail: str) -> str:
         folder = f"{self.directory}/{step}"
@@ -277,6 +299,14 @@ def _shape_difference(saved: list[tuple[int, ...]], wanted: list[tuple[int, ...]
         f"{len(saved)} arrays saved, {len(wanted)} in the model; shapes only saved: {listed(only_saved) or 'none'}; "
         f"only in the model: {listed(only_wanted) or 'none'}"
     )
+
+
+def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+    """``{"params/genA2B/res_blocks/0/conv1/kernel": shape}``: the same names for a state and for Orbax's metadata
+    of it (whose keys are all strings)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    name = lambda key: str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def abstract_like(state, sharding) -> Any:
