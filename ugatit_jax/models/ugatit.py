@@ -113,6 +113,8 @@ class Generator(nnx.Module):
         for down in self.down:
             x = jax.nn.relu(instance_norm(down(layers.reflect_pad(x, 1))))
         # remat: recompute each residual block in the backward pass instead of storing its activations.
+        # A Python loop, not lax.scan over stacked blocks: on XLA:CPU the scanned weight-gradient convolution
+        # leaves the Eigen path (the emoji step took 5.3 s instead of 0.55 s) for 6% less compile time at 256 px.
         call = nnx.remat(_call_block) if self.remat else _call_block
         for block in self.res_blocks:
             x = call(block, x)
