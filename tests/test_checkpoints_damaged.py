@@ -146,3 +146,13 @@ def test_restore_part_reads_only_the_networks_asked_for(three_checkpoints):
     with Checkpointer(str(workdir), read_only=True) as ckpt:
         with pytest.raises(DamagedCheckpointError, match="checkpoint 4 is damaged: _CHECKPOINT_METADATA"):
             ckpt.restore_part(_part(config), 4)
+
+
+def test_read_only_opening_logs_nothing(three_checkpoints, caplog):
+    """Orbax's two warnings for every read-only manager are dropped (they stood before translate's and evaluate's
+    one error line); the filter is gone afterwards."""
+    workdir, _, _ = three_checkpoints
+    with caplog.at_level(logging.INFO), Checkpointer(str(workdir), read_only=True) as ckpt:
+        assert ckpt.all_steps() == list(STEPS)
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING], caplog.text
+    assert not logging.getLogger("absl").filters

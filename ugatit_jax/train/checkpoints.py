@@ -93,6 +93,13 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
 
 
+def _read_only_notices(record: logging.LogRecord) -> bool:
+    """Drops the two warnings Orbax logs for every read-only manager (translate, evaluate, export open runs so):
+    what was asked for is no news, and they stood before a bad-input command's one ``error:`` line."""
+    message = record.getMessage()
+    return not message.startswith(("CheckpointManagerOptions.read_only=True", "Given directory is read only"))
+
+
 class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` with the three items of a run."""
 
@@ -101,14 +108,20 @@ class Checkpointer:
         self.read_only = read_only
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints in {self.directory}: is --workdir the folder of a training run?")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep,
-            create=not read_only,
-            read_only=read_only,
-            enable_async_checkpointing=async_save and not read_only,
-            cleanup_tmp_directories=not read_only,
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
+        absl_log = logging.getLogger("absl")  # Orbax's logger
+        absl_log.addFilter(_read_only_notices)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=None if read_only else keep,
+                create=not read_only,
+                read_only=read_only,
+                enable_async_checkpointing=async_save and not read_only,
+                cleanup_tmp_directories=not read_only,
+            )
+            items = ("state", "data", "config")
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=items)
+        finally:
+            absl_log.removeFilter(_read_only_notices)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
