@@ -25,6 +25,7 @@ The step is a pure function of (state, batch), meant to be jitted once with the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -33,10 +34,10 @@ from flax import nnx
 
 from ugatit_jax.data.transforms import as_model_input
 from ugatit_jax.models.nice import NICE
-from ugatit_jax.nn.spectral_norm import PowerIterationState
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import TrainState
 from ugatit_jax.train.step import deinterleave, interleave
+from ugatit_jax.train.updates import Update, merged, next_state, optimiser_step, power_iteration_state
 
 G_NAMES = NICE.GENERATORS  # gen2B, gen2A
 D_NAMES = NICE.DISCRIMINATORS  # disA, disB
@@ -58,18 +59,11 @@ def make_nice_train_step(
     ``lr_schedule``, ``lr``."""
     if gan_type not in losses.GAN_TYPES:
         raise ValueError(f"unknown gan_type {gan_type!r}; expected one of {losses.GAN_TYPES}")
-
-    def merge(names, params, sn):
-        return {n: nnx.merge(graphdefs[n], params[n], sn[n]) for n in names}
-
-    def generators(g_params):
-        return merge(G_NAMES, g_params, {n: nnx.State({}) for n in G_NAMES})
-
-    def sn_state(dis):
-        return {n: nnx.as_pure(nnx.state(dis[n], PowerIterationState)) for n in D_NAMES}
+    weights = dict(adv_weight=adv_weight, cycle_weight=cycle_weight, recon_weight=recon_weight)
+    generator_loss = functools.partial(losses.nice_generator_loss, **weights, gan_type=gan_type)
 
     def d_loss_fn(d_params, sn, g_params, real_a, real_b):
-        dis, gen = merge(D_NAMES, d_params, sn), generators(g_params)
+        dis, gen = merged(graphdefs, d_params, sn), merged(graphdefs, g_params)
         # 1st call of each discriminator, on the real images: the encoder now, the heads below.
         z_a, cam_real_a, _ = dis["disA"].encode(real_a)  # z_a: (B, H/4, W/4, 2ch)
         z_b, cam_real_b, _ = dis["disB"].encode(real_b)
@@ -85,36 +79,25 @@ def make_nice_train_step(
         real = {"disA": (heads_a[0][0], heads_a[1][0], cam_real_a), "disB": (heads_b[0][0], heads_b[1][0], cam_real_b)}
         fake = {"disA": (heads_a[0][1], heads_a[1][1], cam_fake_a), "disB": (heads_b[0][1], heads_b[1][1], cam_fake_b)}
         loss, terms = losses.nice_discriminator_loss(real, fake, adv_weight=adv_weight, gan_type=gan_type)
-        return loss, (terms, sn_state(dis))
+        return loss, (terms, power_iteration_state(dis))
 
     def real_codes(d_params, sn, real_a, real_b):
         """3rd call of each discriminator: full calls (every power iteration advances, as in the official loop);
         only the codes are used, XLA drops the head outputs."""
-        dis = merge(D_NAMES, d_params, sn)
-        return dis["disA"](real_a).z, dis["disB"](real_b).z, sn_state(dis)
+        dis = merged(graphdefs, d_params, sn)
+        return dis["disA"](real_a).z, dis["disB"](real_b).z, power_iteration_state(dis)
 
     def g_loss_fn(g_params, d_params, sn, real_a, real_b, z_a, z_b):
-        dis, gen = merge(D_NAMES, d_params, sn), generators(g_params)
+        dis, gen = merged(graphdefs, d_params, sn), merged(graphdefs, g_params)
         fake_a2b, recon_b = deinterleave(gen["gen2B"](interleave(z_a, z_b)))  # A->B and B->B, (B, H, W, 3) each
         fake_b2a, recon_a = deinterleave(gen["gen2A"](interleave(z_b, z_a)))  # B->A and A->A
         # 4th call: the adversarial outputs and the translations' codes.
         fake_out = {"disA": dis["disA"](fake_b2a), "disB": dis["disB"](fake_a2b)}
         cycle_b = gen["gen2B"](fake_out["disA"].z)  # B->A->B
         cycle_a = gen["gen2A"](fake_out["disB"].z)  # A->B->A
-        loss, terms = losses.nice_generator_loss(
-            fake_out,
-            real_a=real_a,
-            real_b=real_b,
-            cycle_a=cycle_a,
-            cycle_b=cycle_b,
-            recon_a=recon_a,
-            recon_b=recon_b,
-            adv_weight=adv_weight,
-            cycle_weight=cycle_weight,
-            recon_weight=recon_weight,
-            gan_type=gan_type,
-        )
-        return loss, (terms, sn_state(dis))
+        images = dict(real_a=real_a, real_b=real_b, cycle_a=cycle_a, cycle_b=cycle_b, recon_a=recon_a, recon_b=recon_b)
+        loss, terms = generator_loss(fake_out, **images)
+        return loss, (terms, power_iteration_state(dis))
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         real_a, real_b = as_model_input(batch["A"]), as_model_input(batch["B"])
@@ -126,30 +109,16 @@ def make_nice_train_step(
         (d_loss, (d_terms, d_sn)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
             d_params, d_sn, g_params, real_a, real_b
         )
-        d_updates, d_opt = d_tx.update(d_grads, state.d_opt, d_params)
-        d_params = optax.apply_updates(d_params, d_updates)
+        d_params, d_opt = optimiser_step(d_tx, d_grads, state.d_opt, d_params)
 
         # Generator update against the freshly updated discriminators (whose parameters it does not train).
         z_a, z_b, d_sn = real_codes(d_params, d_sn, real_a, real_b)
         (g_loss, (g_terms, d_sn)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
             g_params, d_params, d_sn, real_a, real_b, z_a, z_b
         )
-        g_updates, g_opt = g_tx.update(g_grads, state.g_opt, g_params)
-        g_params = optax.apply_updates(g_params, g_updates)
+        g_params, g_opt = optimiser_step(g_tx, g_grads, state.g_opt, g_params)
 
-        new_state = state.replace(
-            step=state.step + 1, params={**g_params, **d_params}, sn={**state.sn, **d_sn}, g_opt=g_opt, d_opt=d_opt
-        )
-        metrics = {
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            **d_terms,
-            **g_terms,
-            "d_grad_norm": optax.tree.norm(d_grads),
-            "g_grad_norm": optax.tree.norm(g_grads),
-        }
-        if lr_schedule is not None:
-            metrics["lr"] = lr_schedule(state.step)
-        return new_state, metrics
+        d = Update(d_loss, d_terms, d_grads, d_params, d_opt)
+        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, lr_schedule)
 
     return train_step

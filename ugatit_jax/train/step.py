@@ -8,6 +8,7 @@ to be jitted once with the state donated; batches are {'A': (B, H, W, 3), 'B': .
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -17,9 +18,9 @@ from flax import nnx
 
 from ugatit_jax.data.transforms import as_model_input
 from ugatit_jax.nn.norms import clip_rho
-from ugatit_jax.nn.spectral_norm import PowerIterationState
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState
+from ugatit_jax.train.updates import Update, merged, next_state, optimiser_step, power_iteration_state
 
 
 def interleave(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -49,15 +50,11 @@ def make_train_step(
     """Returns ``train_step(state, batch) -> (state, metrics)``; jit it (see ``parallel.jit_train_step``)."""
     if gan_type not in losses.GAN_TYPES:
         raise ValueError(f"unknown gan_type {gan_type!r}; expected one of {losses.GAN_TYPES}")
-
-    def merge(names, params, sn):
-        return {n: nnx.merge(graphdefs[n], params[n], sn[n]) for n in names}
-
-    def sn_state(dis):
-        return {n: nnx.as_pure(nnx.state(dis[n], PowerIterationState)) for n in D_NAMES}
+    weights = dict(adv_weight=adv_weight, cycle_weight=cycle_weight, identity_weight=identity_weight)
+    generator_loss = functools.partial(losses.generator_loss, **weights, cam_weight=cam_weight, gan_type=gan_type)
 
     def d_loss_fn(d_params, sn, real_a, real_b, fake_a2b, fake_b2a):
-        dis = merge(D_NAMES, d_params, sn)
+        dis = merged(graphdefs, d_params, sn)
         # One batched call per discriminator on [real; fake]: its two power iterations run in the official order
         # (real first), each half scaled by its own sigma.
         x_a, x_b = interleave(real_a, fake_b2a), interleave(real_b, fake_a2b)  # (2B, H, W, 3)
@@ -71,11 +68,11 @@ def make_train_step(
         real = {n: h[0] for n, h in halves.items()}
         fake = {n: h[1] for n, h in halves.items()}
         loss, terms = losses.discriminator_loss(real, fake, adv_weight=adv_weight, gan_type=gan_type)
-        return loss, (terms, sn_state(dis))
+        return loss, (terms, power_iteration_state(dis))
 
     def translate(g_params, real_a, real_b):
         """Each generator on both domains in one call: translations and identity mappings with their CAM logits."""
-        gen = merge(G_NAMES, g_params, {n: nnx.State({}) for n in G_NAMES})
+        gen = merged(graphdefs, g_params)
         a2b_image, a2b_cam, _ = gen["genA2B"](interleave(real_a, real_b))  # (2B, ...): A->B, B->B
         b2a_image, b2a_cam, _ = gen["genB2A"](interleave(real_b, real_a))  # B->A, A->A
         return {"a2b": deinterleave(a2b_image), "b2a": deinterleave(b2a_image)}, {
@@ -87,8 +84,8 @@ def make_train_step(
         images, cams = translated
         (fake_a2b, identity_b), (fake_b2a, identity_a) = images["a2b"], images["b2a"]
         (cam_a2b, cam_b2b), (cam_b2a, cam_a2a) = cams["a2b"], cams["b2a"]
-        gen = merge(G_NAMES, g_params, {n: nnx.State({}) for n in G_NAMES})
-        dis = merge(D_NAMES, d_params, sn)
+        gen = merged(graphdefs, g_params)
+        dis = merged(graphdefs, d_params, sn)
         cycle_a, _, _ = gen["genB2A"](fake_a2b)
         cycle_b, _, _ = gen["genA2B"](fake_b2a)
         fake = {
@@ -97,25 +94,11 @@ def make_train_step(
             "disGB": dis["disGB"](fake_a2b),
             "disLB": dis["disLB"](fake_a2b),
         }
-        loss, terms = losses.generator_loss(
-            fake,
-            real_a=real_a,
-            real_b=real_b,
-            cycle_a=cycle_a,
-            cycle_b=cycle_b,
-            identity_a=identity_a,
-            identity_b=identity_b,
-            cam_a2b=cam_a2b,
-            cam_b2a=cam_b2a,
-            cam_a2a=cam_a2a,
-            cam_b2b=cam_b2b,
-            adv_weight=adv_weight,
-            cycle_weight=cycle_weight,
-            identity_weight=identity_weight,
-            cam_weight=cam_weight,
-            gan_type=gan_type,
-        )
-        return loss, (terms, sn_state(dis))
+        images = dict(real_a=real_a, real_b=real_b, cycle_a=cycle_a, cycle_b=cycle_b)
+        images |= dict(identity_a=identity_a, identity_b=identity_b)
+        cam_logits = dict(cam_a2b=cam_a2b, cam_b2a=cam_b2a, cam_a2a=cam_a2a, cam_b2b=cam_b2b)
+        loss, terms = generator_loss(fake, **images, **cam_logits)
+        return loss, (terms, power_iteration_state(dis))
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         real_a, real_b = as_model_input(batch["A"]), as_model_input(batch["B"])
@@ -131,8 +114,7 @@ def make_train_step(
         (d_loss, (d_terms, d_sn)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
             d_params, d_sn, real_a, real_b, fake_a2b, fake_b2a
         )
-        d_updates, d_opt = d_tx.update(d_grads, state.d_opt, d_params)
-        d_params = optax.apply_updates(d_params, d_updates)
+        d_params, d_opt = optimiser_step(d_tx, d_grads, state.d_opt, d_params)
 
         # Generator update against the freshly updated discriminators.
         (g_loss, (g_terms, d_sn)), (g_grads, translated_grads) = jax.value_and_grad(
@@ -140,28 +122,15 @@ def make_train_step(
         )(g_params, translated, d_params, d_sn, real_a, real_b)
         (g_grads_first,) = translate_vjp(translated_grads)
         g_grads = jax.tree.map(jnp.add, g_grads, g_grads_first)
-        g_updates, g_opt = g_tx.update(g_grads, state.g_opt, g_params)
-        g_params = optax.apply_updates(g_params, g_updates)
+        g_params, g_opt = optimiser_step(g_tx, g_grads, state.g_opt, g_params)
 
         # rho of every ILN / AdaILN back into [0, 1] after the optimiser step.
-        gen = merge(G_NAMES, g_params, {n: state.sn[n] for n in G_NAMES})
+        gen = merged(graphdefs, g_params)
         for net in gen.values():
             clip_rho(net, *rho_clip)
         g_params = {n: nnx.as_pure(nnx.state(gen[n], nnx.Param)) for n in G_NAMES}
 
-        new_state = state.replace(
-            step=state.step + 1, params={**g_params, **d_params}, sn={**state.sn, **d_sn}, g_opt=g_opt, d_opt=d_opt
-        )
-        metrics = {
-            "d_loss": d_loss,
-            "g_loss": g_loss,
-            **d_terms,
-            **g_terms,
-            "d_grad_norm": optax.tree.norm(d_grads),
-            "g_grad_norm": optax.tree.norm(g_grads),
-        }
-        if lr_schedule is not None:
-            metrics["lr"] = lr_schedule(state.step)
-        return new_state, metrics
+        d = Update(d_loss, d_terms, d_grads, d_params, d_opt)
+        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, lr_schedule)
 
     return train_step

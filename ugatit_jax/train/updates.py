@@ -1,0 +1,65 @@
+"""What both families' train steps do alike around their losses: rebuild the networks from the state's arrays
+inside the trace, take the optimiser steps, and assemble the next state with the step's metrics.
+
+The steps differ in their networks and losses (``step.py``, ``nice_step.py``); this bookkeeping (merging, the
+spectral-norm vectors the discriminators advanced, Adam updates, the step counter, the logged values) is one
+thing, kept here so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import optax
+from flax import nnx
+
+from ugatit_jax.nn.spectral_norm import PowerIterationState
+from ugatit_jax.train.state import TrainState
+
+
+def merged(graphdefs, params: dict, sn: dict | None = None) -> dict[str, nnx.Module]:
+    """The networks named by ``params``' keys, rebuilt from their arrays (``sn``: their power-iteration vectors;
+    None for networks without any, the generators)."""
+    return {n: nnx.merge(graphdefs[n], params[n], nnx.State({}) if sn is None else sn[n]) for n in params}
+
+
+def power_iteration_state(nets: dict[str, nnx.Module]) -> dict:
+    """The power-iteration vectors of ``nets`` as their calls left them (pure arrays, for the state)."""
+    return {n: nnx.as_pure(nnx.state(net, PowerIterationState)) for n, net in nets.items()}
+
+
+class Update(NamedTuple):
+    """One side's (discriminators' or generators') result of a step."""
+
+    loss: jax.Array
+    terms: dict[str, jax.Array]  # the loss's weighted parts, logged
+    grads: dict
+    params: dict  # after the optimiser step
+    opt: optax.OptState
+
+
+def optimiser_step(tx: optax.GradientTransformation, grads, opt_state, params):
+    """(params after one step of ``tx``, its new state)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def next_state(
+    state: TrainState, d: Update, g: Update, d_sn: dict, lr_schedule: Callable | None
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The state after the step (``d_sn``: the discriminators' power-iteration vectors as the step left them) and
+    its metrics: both losses, every term, both gradient norms and, with ``lr_schedule``, the step's ``lr``."""
+    new_state = state.replace(
+        step=state.step + 1,
+        params={**g.params, **d.params},
+        sn={**state.sn, **d_sn},
+        g_opt=g.opt,
+        d_opt=d.opt,
+    )
+    metrics = {"d_loss": d.loss, "g_loss": g.loss, **d.terms, **g.terms}
+    metrics |= {"d_grad_norm": optax.tree.norm(d.grads), "g_grad_norm": optax.tree.norm(g.grads)}
+    if lr_schedule is not None:
+        metrics["lr"] = lr_schedule(state.step)
+    return new_state, metrics
