@@ -34,6 +34,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def doc_parser(prog: str, doc: str, description: str | None = None) -> Parser:
+    """A ``Parser`` whose help is a module docstring: its first line (or ``description``) above the options, the
+    rest (usage examples) below them, laid out as written."""
+    return Parser(
+        prog=prog,
+        description=description or doc.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("\n", 2)[2],
+    )
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
     from ugatit_jax.config import ConfigError

@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import Parser, UsageError, run_cli
+from ugatit_jax.cli import UsageError, doc_parser, run_cli
 from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -52,12 +52,7 @@ def load_feature_fn(path: str, option: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
-    )
+    parser = doc_parser(PROG, __doc__)
     parser.add_argument("--workdir", required=True, help="a train.py run folder")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--dataset-dir", default=None, help="the dataset's folder, if it moved since training")

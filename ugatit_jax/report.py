@@ -24,7 +24,7 @@ import re
 import sys
 import urllib.parse
 
-from ugatit_jax.cli import Parser, UsageError, run_cli
+from ugatit_jax.cli import UsageError, doc_parser, run_cli
 
 PROG = "python -m ugatit_jax.report"
 REPORT_FILE = "report.html"
@@ -327,12 +327,7 @@ def write_report(workdir: str, output: str | None = None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
-    )
+    parser = doc_parser(PROG, __doc__)
     parser.add_argument("--workdir", required=True, help="a train.py run folder")
     parser.add_argument("--output", default=None, help="the page (default: WORKDIR/report.html)")
     parser.add_argument(

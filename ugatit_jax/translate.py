@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ugatit_jax.cli import Parser, UsageError, run_cli, warn_line
+from ugatit_jax.cli import UsageError, doc_parser, run_cli, warn_line
 from ugatit_jax.inference import default_batch_size
 
 if TYPE_CHECKING:
@@ -309,12 +309,8 @@ def write_test_split(model: Translator, source, output: str, *, batch_size: int 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description="Translate images with a trained model, or write test-split strips (--test-split).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2],
-    )
+    what = "Translate images with a trained model, or write test-split strips (--test-split)."
+    parser = doc_parser(PROG, __doc__, what)
     model = parser.add_argument_group("model (one of --workdir / --checkpoint)")
     model.add_argument("--workdir", help="a train.py run folder; the model shape comes from its saved config")
     model.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
