@@ -123,9 +123,14 @@ class TrainIterator(Iterator):
         crop_margin: int = CROP_MARGIN,
         num_workers: int = 0,
         num_threads: int = 0,
-        process_index: int,
-        process_count: int,
+        process_index: int | None = None,
+        process_count: int | None = None,
     ):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
         if img_size <= 0:
             raise DatasetError(f"img_size must be positive, got {img_size}")
         if crop_margin < 0:
@@ -246,41 +251,15 @@ class TrainIterator(Iterator):
         self.close()
 
 
-def make_train_iterator(
-    source: UnpairedSource,
-    *,
-    img_size: int,
-    global_batch_size: int,
-    seed: int,
-    crop_margin: int = CROP_MARGIN,
-    num_workers: int = 0,
-    num_threads: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> TrainIterator:
+def make_train_iterator(source: UnpairedSource, **options) -> TrainIterator:
     """This host's endless training batches of ``global_batch_size // process_count`` images per domain.
 
-    ``num_workers`` > 0 decodes in that many grain worker processes, 0 in this
-    process; ``num_threads`` adds decoding threads inside each. Hosts read
-    disjoint shards (every ``process_count``-th file from ``process_index``).
-    ``process_index`` / ``process_count`` default to JAX's.
+    ``options`` are ``TrainIterator``'s: ``img_size``, ``global_batch_size``, ``seed`` (required), ``crop_margin``,
+    ``num_workers`` (> 0 decodes in that many grain worker processes, 0 in this process), ``num_threads``
+    (decoding threads inside each), ``process_index`` / ``process_count`` (default: JAX's). Hosts read disjoint
+    shards (every ``process_count``-th file from ``process_index``).
     """
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    return TrainIterator(
-        source,
-        img_size=img_size,
-        global_batch_size=global_batch_size,
-        seed=seed,
-        crop_margin=crop_margin,
-        num_workers=num_workers,
-        num_threads=num_threads,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    return TrainIterator(source, **options)
 
 
 class TestBatches:
