@@ -58,22 +58,15 @@ class Family:
         return tuple(dict.fromkeys(n for nets in self.translation_networks.values() for n in nets))
 
 
-def _dtype(config):
-    return jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None
+def _options(config) -> dict:
+    """Both families' settings that are not architecture: compute dtype and rematerialisation."""
+    dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else None
+    return {"dtype": dtype, "remat": config.get("remat", False)}
 
 
 def _build_ugatit(config, rngs: nnx.Rngs) -> UGATIT:
-    return UGATIT(
-        config.ch,
-        config.n_res,
-        config.img_size,
-        config.light,
-        config.disc_global_layers,
-        config.disc_local_layers,
-        dtype=_dtype(config),
-        remat=config.get("remat", False),
-        rngs=rngs,
-    )
+    layers = config.disc_global_layers, config.disc_local_layers
+    return UGATIT(config.ch, config.n_res, config.img_size, config.light, *layers, **_options(config), rngs=rngs)
 
 
 def _translate_ugatit(nets, x, direction):
@@ -81,16 +74,7 @@ def _translate_ugatit(nets, x, direction):
 
 
 def _build_nice(config, rngs: nnx.Rngs) -> NICE:
-    return NICE(
-        config.ch,
-        config.n_res,
-        config.n_dis,
-        config.img_size,
-        config.light,
-        dtype=_dtype(config),
-        remat=config.get("remat", False),
-        rngs=rngs,
-    )
+    return NICE(config.ch, config.n_res, config.n_dis, config.img_size, config.light, **_options(config), rngs=rngs)
 
 
 def _translate_nice(nets, x, direction):
