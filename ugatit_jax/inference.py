@@ -22,8 +22,7 @@ from ugatit_jax.models.family import REVERSE, Family
 
 def translation_state(family: Family, params: Mapping, sn: Mapping) -> dict:
     """``name -> (params, sn)`` for every network a translation in either direction reads."""
-    names = dict.fromkeys(n for nets in family.translation_networks.values() for n in nets)
-    return {n: (params[n], sn.get(n, nnx.State({}))) for n in names}
+    return {n: (params[n], sn.get(n, nnx.State({}))) for n in family.translating}
 
 
 def _translator(family: Family, graphdefs: Mapping[str, nnx.GraphDef]) -> Callable:

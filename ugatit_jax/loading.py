@@ -56,10 +56,7 @@ class Translator:
     @classmethod
     def from_model(cls, model: nnx.Module, family: Family, img_size: int, *, config=None, step=None, name="model"):
         """Any family container (e.g. ``UGATIT``, ``NICE``) holding at least the translating networks."""
-        graphdefs, params, sn = {}, {}, {}
-        for n in family.translating:
-            graphdefs[n], p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
-            params[n], sn[n] = nnx.as_pure(p), nnx.as_pure(s)
+        graphdefs, params, sn = _split_translating(model, family)
         state = jax.device_put(translation_state(family, params, sn))
         return cls(family, graphdefs, state, img_size, config, step, name)
 
@@ -79,6 +76,15 @@ class Translator:
     def translate_fn(self):
         """The jitted ``fn(state, images, direction)`` behind ``translate`` (to ``.lower`` it ahead of time)."""
         return self._translate
+
+
+def _split_translating(model: nnx.Module, family: Family) -> tuple[dict, dict, dict]:
+    """(graph definitions, params, power-iteration vectors) of the networks a translation reads, by name."""
+    graphdefs, params, sn = {}, {}, {}
+    for n in family.translating:
+        graphdefs[n], p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
+        params[n], sn[n] = nnx.as_pure(p), nnx.as_pure(s)
+    return graphdefs, params, sn
 
 
 def check_direction(direction: str) -> None:
@@ -142,18 +148,14 @@ def load_run(workdir: str, step: int | None = None) -> Translator:
     with Checkpointer(path, read_only=True) as ckpt:
         step, config = _step_and_config(ckpt, workdir, step)
         family = get_family(config)
-        model = nnx.merge(*abstract_model(config))  # shapes only; the translating networks are filled below
-        part = {"params": {}, "sn": {}}
-        for n in family.translating:
-            _, p, s = nnx.split(getattr(model, n), nnx.Param, PowerIterationState)
-            part["params"][n], part["sn"][n] = nnx.as_pure(p), nnx.as_pure(s)
+        model = nnx.merge(*abstract_model(config))  # shapes only: the target of the restore
+        model.eval()
+        graphdefs, params, sn = _split_translating(model, family)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        part = ckpt.restore_part(abstract_like(part, device), step)
-    for n in family.translating:
-        nnx.update(getattr(model, n), part["params"][n], part["sn"][n])
-    model.eval()
+        part = ckpt.restore_part(abstract_like({"params": params, "sn": sn}, device), step)
+    state = translation_state(family, part["params"], part["sn"])  # restored onto ``device`` already
     name = f"{os.path.basename(path)} step {step}"
-    return Translator.from_model(model, family, config.img_size, config=config, step=int(step), name=name)
+    return Translator(family, graphdefs, state, config.img_size, config, int(step), name)
 
 
 def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.ConfigDict:
