@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +158,37 @@ def _adailn_blocks(gen) -> Iterator[Entry]:
         yield from _channels(f"UpBlock1_{i + 1}.norm2", block.norm2)
 
 
+class _UpStep(NamedTuple):
+    """One up-sampling step of the official ``UpBlock2`` nn.Sequential: how many modules it spans, and the index
+    within the step of each module with weights (our attribute name -> index). The (pad, conv) to RGB follow the
+    last step."""
+
+    modules: int
+    weighted: dict[str, int]
+
+
+# U-GAT-IT: Upsample, pad, conv, ILN, ReLU. NICE-GAN: pad, conv, ILN, ReLU, conv1x1, PixelShuffle, ILN, ReLU.
+_UGATIT_UP_STEP = _UpStep(5, {"conv": 2, "norm": 3})
+_NICE_UP_STEP = _UpStep(8, {"conv": 1, "norm": 2, "expand": 4, "shuffled_norm": 6})
+
+
+def _decoder(gen, step: _UpStep) -> Iterator[Entry]:
+    """Both families' generators end alike: the gamma/beta MLP, the AdaILN blocks, ``UpBlock2`` (convs and ILNs)."""
+    yield from _gen_mlp(gen)
+    yield from _adailn_blocks(gen)
+    for i, up in enumerate(gen.up):
+        for name, index in step.weighted.items():
+            layer, key = getattr(up, name), f"UpBlock2.{index + step.modules * i}"
+            yield from _plain(key, layer) if isinstance(layer, nnx.Conv) else _channels(key, layer, ILN_KEYS)
+    yield from _plain(f"UpBlock2.{1 + step.modules * len(gen.up)}", gen.to_rgb)
+
+
+def _sn_conv_sequential(key: str, convs) -> Iterator[Entry]:
+    """An official nn.Sequential of (pad, spectral-norm conv, LeakyReLU) triples: the convs sit at 1, 4, 7, ..."""
+    for i, conv in enumerate(convs):
+        yield from _spectral(f"{key}.{1 + 3 * i}", conv)
+
+
 def generator_entries(gen: Generator) -> Iterator[Entry]:
     """Official ResnetGenerator keys: DownBlock is an nn.Sequential whose indices skip pads/norms/ReLUs."""
     yield from _plain("DownBlock.1", gen.stem)
@@ -169,17 +201,11 @@ def generator_entries(gen: Generator) -> Iterator[Entry]:
     yield from _plain("gap_fc", gen.cam.gap_fc)
     yield from _plain("gmp_fc", gen.cam.gmp_fc)
     yield from _plain("conv1x1", gen.cam.conv1x1)
-    yield from _gen_mlp(gen)
-    yield from _adailn_blocks(gen)
-    for i, up in enumerate(gen.up):
-        yield from _plain(f"UpBlock2.{2 + 5 * i}", up.conv)
-        yield from _channels(f"UpBlock2.{3 + 5 * i}", up.norm, ILN_KEYS)
-    yield from _plain(f"UpBlock2.{1 + 5 * len(gen.up)}", gen.to_rgb)
+    yield from _decoder(gen, _UGATIT_UP_STEP)
 
 
 def discriminator_entries(dis: Discriminator) -> Iterator[Entry]:
-    for i, conv in enumerate(dis.convs):
-        yield from _spectral(f"model.{1 + 3 * i}", conv)
+    yield from _sn_conv_sequential("model", dis.convs)
     yield from _spectral("gap_fc", dis.cam.gap_fc)
     yield from _spectral("gmp_fc", dis.cam.gmp_fc)
     yield from _plain("conv1x1", dis.cam.conv1x1)
@@ -191,29 +217,19 @@ def nice_generator_entries(gen: NiceGenerator) -> Iterator[Entry]:
     nn.Sequential of 8 modules per up-sampling (pad, conv, ILN, ReLU, conv1x1, PixelShuffle, ILN, ReLU)."""
     yield from _plain("UpBlock0.1", gen.stem)
     yield from _channels("UpBlock0.2", gen.stem_norm, ILN_KEYS)
-    yield from _gen_mlp(gen)
-    yield from _adailn_blocks(gen)
-    for i, up in enumerate(gen.up):
-        yield from _plain(f"UpBlock2.{1 + 8 * i}", up.conv)
-        yield from _channels(f"UpBlock2.{2 + 8 * i}", up.norm, ILN_KEYS)
-        yield from _plain(f"UpBlock2.{4 + 8 * i}", up.expand)
-        yield from _channels(f"UpBlock2.{6 + 8 * i}", up.shuffled_norm, ILN_KEYS)
-    yield from _plain(f"UpBlock2.{1 + 8 * len(gen.up)}", gen.to_rgb)
+    yield from _decoder(gen, _NICE_UP_STEP)
 
 
 def nice_discriminator_entries(dis: NiceDiscriminator) -> Iterator[Entry]:
     """NICE-GAN's Discriminator: nn.Sequentials of (pad, SN conv, LeakyReLU), so convs sit at indices 1, 4, ..."""
-    for i, conv in enumerate(dis.encoder):
-        yield from _spectral(f"model.{1 + 3 * i}", conv)
+    yield from _sn_conv_sequential("model", dis.encoder)
     yield from _spectral("fc", dis.cam.fc)
     yield from _plain("conv1x1", dis.cam.conv1x1)
     yield "lamda", _var(dis.cam, "lamda"), _identity, _identity
-    for i, conv in enumerate(dis.shared):
-        yield from _spectral(f"Dis0_0.{1 + 3 * i}", conv)
+    yield from _sn_conv_sequential("Dis0_0", dis.shared)
     yield from _spectral("Dis0_1.1", dis.local_conv)
     yield from _spectral("conv0", dis.local_out)
-    for i, conv in enumerate(dis.global_down):
-        yield from _spectral(f"Dis1_0.{1 + 3 * i}", conv)
+    yield from _sn_conv_sequential("Dis1_0", dis.global_down)
     yield from _spectral("Dis1_1.1", dis.global_conv)
     yield from _spectral("conv1", dis.global_out)
 
