@@ -25,21 +25,10 @@ import sys
 import urllib.parse
 
 from ugatit_jax.cli import UsageError, doc_parser, run_cli
+from ugatit_jax.evaluation.measures import MEASURES
 
 PROG = "python -m ugatit_jax.report"
 REPORT_FILE = "report.html"
-# Evaluation measures plotted and tabulated, in order: (score name, heading, what "better" means).
-EVAL_MEASURES = (
-    ("target_rate", "target_rate: taken for the target domain", "higher is better"),
-    ("kid_domain", "kid_domain: KID to real targets, classifier features", "lower is better"),
-    ("top1", "top1: own target nearest in content space", "higher is better"),
-    ("top5", "top5: own target among the 5 nearest", "higher is better"),
-    ("l1", "l1 to the true target", "lower is better, yet copying the input scores well"),
-    ("psnr", "psnr to the true target (dB)", "higher is better, yet copying the input scores well"),
-    ("ssim", "ssim to the true target", "higher is better, yet copying the input scores well"),
-    ("kid_x100", "kid_x100 (Inception)", "lower is better"),
-    ("fid", "fid (Inception)", "lower is better"),
-)
 DIRECTIONS = ("A2B", "B2A")
 COLOURS = {"A2B": "#1f77b4", "B2A": "#d62728"}
 
@@ -193,8 +182,8 @@ def evaluation_plots(records: list[dict]) -> dict[str, str]:
     untranslated input."""
     plots = {}
     steps = [r["step"] for r in records]
-    for name, heading, better in EVAL_MEASURES:
-        series = []
+    for measure in MEASURES:
+        name, series = measure.name, []
         for d in DIRECTIONS:
             ours = [r["scores"].get(f"eval/{d}/{name}") for r in records]
             base = [r["scores"].get(f"eval/{d}/{name}_input") for r in records]
@@ -211,7 +200,7 @@ def evaluation_plots(records: list[dict]) -> dict[str, str]:
                     }
                 )
         if series:
-            plots[name] = svg_plot(series, heading, note=better)
+            plots[name] = svg_plot(series, measure.heading, note=measure.better)
     return plots
 
 
@@ -220,7 +209,7 @@ def _cell(value) -> str:
 
 
 def _eval_table(records: list[dict]) -> str:
-    names = [n for n, _, _ in EVAL_MEASURES if any(f"eval/{d}/{n}" in r["scores"] for r in records for d in DIRECTIONS)]
+    names = [m.name for m in MEASURES if any(f"eval/{d}/{m.name}" in r["scores"] for r in records for d in DIRECTIONS)]
     head = "".join(f'<th colspan="2">{d[0]}→{d[2]} {html.escape(n)}</th>' for n in names for d in DIRECTIONS)
     sub = "".join("<th>model</th><th>input</th>" for _ in names for _ in DIRECTIONS)
     rows = []

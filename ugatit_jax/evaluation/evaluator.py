@@ -32,24 +32,12 @@ import numpy as np
 
 from ugatit_jax.evaluation import domain_classifier as dc
 from ugatit_jax.evaluation import metrics, retrieval
+from ugatit_jax.evaluation.measures import MEASURES
 
 log = logging.getLogger("ugatit_jax")
 
 # (direction, source split, target split, target domain)
 DIRECTIONS = (("A2B", "testA", "testB", "B"), ("B2A", "testB", "testA", "A"))
-# Table rows: (score name, label, format). The first three work on any dataset; the rest need pairs or weights.
-ROWS = (
-    ("target_rate", "target_rate (classifier says Y)", ".3f"),
-    ("kid_domain", "kid_domain (classifier features)", ".3f"),
-    ("top1", "top1 content retrieval", ".3f"),
-    ("top5", "top5 content retrieval", ".3f"),
-    ("l1", "l1 to true target", ".4f"),
-    ("psnr", "psnr", ".2f"),
-    ("ssim", "ssim", ".4f"),
-    ("kid_x100", "kid_x100 (Inception)", ".3f"),
-    ("fid", "fid (Inception)", ".2f"),
-)
-
 # translate(uint8 (n, S, S, 3) batch) -> (n, S, S, 3) translations, float in [-1, 1] or uint8
 Translate = Callable[[np.ndarray], np.ndarray]
 
@@ -329,11 +317,11 @@ def format_table(record: dict, title: str | None = None) -> str:
     ]
     header = f"{'':<34}" + "".join(f"{d[0] + '->' + d[2]:>9}{'input':>9}" for d, *_ in DIRECTIONS)
     lines += [header, "-" * len(header)]
-    for metric, label, spec in ROWS:
-        cells = [(scores.get(key(d, metric)), scores.get(key(d, metric + "_input"))) for d, *_ in DIRECTIONS]
+    for m in MEASURES:
+        cells = [(scores.get(key(d, m.name)), scores.get(key(d, m.name + "_input"))) for d, *_ in DIRECTIONS]
         if all(a is None and b is None for a, b in cells):
             continue
-        lines.append(f"{label:<34}" + "".join(_cell(a, spec, 9) + _cell(b, spec, 9) for a, b in cells))
+        lines.append(f"{m.label:<34}" + "".join(_cell(a, m.spec, 9) + _cell(b, m.spec, 9) for a, b in cells))
     lines += [f"note: {note}" for note in record["notes"]]
     return "\n".join(lines)
 
