@@ -36,10 +36,15 @@ class CAMAttention(nnx.Module):
         dtype=None,
         rngs: nnx.Rngs,
     ):
-        self.gap_fc = _classifier(channels, spectral_norm, dtype, rngs)
-        self.gmp_fc = _classifier(channels, spectral_norm, dtype, rngs)
+        # Creation order = the official module order (classifiers, then conv1x1): a seeded init draws alike.
+        self._make_classifiers(channels, lambda in_features: _classifier(in_features, spectral_norm, dtype, rngs))
         self.conv1x1 = layers.conv(2 * channels, channels, 1, use_bias=True, dtype=dtype, rngs=rngs)
         self.activation = activation
+
+    def _make_classifiers(self, channels: int, classifier: Callable[[int], nnx.Module]) -> None:
+        """One 1-logit classifier on GAP and one on GMP (``classifier(in_features)`` makes one)."""
+        self.gap_fc = classifier(channels)
+        self.gmp_fc = classifier(channels)
 
     @staticmethod
     def _raw_weight(fc) -> jax.Array:
@@ -78,19 +83,14 @@ class ResidualCAMAttention(CAMAttention):
     ``activation(lamda * conv1x1(attended) + x)``; ``lamda`` is a learned scalar starting at 0.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        *,
-        activation: Callable[[jax.Array], jax.Array],
-        spectral_norm: bool = True,
-        dtype=None,
-        rngs: nnx.Rngs,
-    ):
-        self.fc = _classifier(2 * channels, spectral_norm, dtype, rngs)
-        self.conv1x1 = layers.conv(2 * channels, channels, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    def __init__(self, channels: int, *, spectral_norm: bool = True, **options):
+        """``CAMAttention``'s arguments, spectral-normalised by default: NICE-GAN has this block in its
+        discriminators only."""
+        super().__init__(channels, spectral_norm=spectral_norm, **options)
         self.lamda = nnx.Param(jnp.zeros((1,), jnp.float32))
-        self.activation = activation
+
+    def _make_classifiers(self, channels: int, classifier: Callable[[int], nnx.Module]) -> None:
+        self.fc = classifier(2 * channels)
 
     def _classify(self, gap: jax.Array, gmp: jax.Array, kw: dict):
         cam_logit = self.fc(jnp.concatenate([gap, gmp], axis=-1), **kw)  # (B, 2C) -> (B, 1)
