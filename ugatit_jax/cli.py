@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 
 
 class UsageError(ValueError):
@@ -89,3 +90,13 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
             fail_line(prog, error)
             return 2
     return 0
+
+
+def make_main(prog: str, parser: Callable[[], argparse.ArgumentParser], run) -> Callable[..., int]:
+    """The ``main(argv=None) -> exit code`` of a ``python -m ugatit_jax.<command>`` module: ``run_cli`` with a fresh
+    parser per call (tests call ``main`` many times)."""
+
+    def main(argv=None) -> int:
+        return run_cli(prog, parser(), run, argv)
+
+    return main

@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import UsageError, doc_parser, run_cli
+from ugatit_jax.cli import UsageError, doc_parser, make_main
 from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -121,8 +121,7 @@ def evaluate(model, source, **kwargs) -> dict:
     return {"model": model.name, "step": model.step, **record}
 
 
-def main(argv=None) -> int:
-    return run_cli(PROG, _parser(), _run, argv)
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import Parser, UsageError, run_cli
+from ugatit_jax.cli import Parser, UsageError, make_main
 
 PROG = "python -m ugatit_jax.export"
 
@@ -64,8 +64,7 @@ def _run(args) -> None:
     )
 
 
-def main(argv=None) -> int:
-    return run_cli(PROG, _parser(), _run, argv)
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import re
 import sys
 import urllib.parse
 
-from ugatit_jax.cli import UsageError, doc_parser, run_cli
+from ugatit_jax.cli import UsageError, doc_parser, make_main
 from ugatit_jax.evaluation.measures import MEASURES
 
 PROG = "python -m ugatit_jax.report"
@@ -353,8 +353,7 @@ def _run(args) -> None:
         print(f"{len(plots)} evaluation plots written to {args.figures}: {', '.join(plots)}")
 
 
-def main(argv=None) -> int:
-    return run_cli(PROG, _parser(), _run, argv)
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":

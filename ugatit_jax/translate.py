@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ugatit_jax.cli import UsageError, doc_parser, run_cli, warn_line
+from ugatit_jax.cli import UsageError, doc_parser, make_main, warn_line
 from ugatit_jax.inference import default_batch_size
 
 if TYPE_CHECKING:
@@ -427,8 +427,7 @@ def _run(args) -> None:
     )
 
 
-def main(argv=None) -> int:
-    return run_cli(PROG, _parser(), _run, argv)
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":
