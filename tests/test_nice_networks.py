@@ -22,6 +22,7 @@ from ugatit_jax.nn.spectral_norm import SpectralNorm
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.nice_step import make_nice_train_step
+from ugatit_jax.train.updates import Optimisers
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -210,7 +211,7 @@ def _run(devices, batches, steps=STEPS):
     mesh = parallel.make_mesh(devices)
     tx = optim.make_optimizer(lr=LR, iterations=2 * steps, decay=True)  # decays from the half: lr changes too
     graphdefs, state = train_state.create_train_state(tiny_model(), tx, tx)
-    step = make_nice_train_step(graphdefs, g_tx=tx, d_tx=tx, lr_schedule=optim.learning_rate_schedule(LR, 2 * steps))
+    step = make_nice_train_step(graphdefs, Optimisers(tx, tx, optim.learning_rate_schedule(LR, 2 * steps)))
     step = parallel.jit_train_step(step, mesh)
     state = parallel.replicate(state, mesh)
     states, losses = [jax.device_get(state)], []

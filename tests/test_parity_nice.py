@@ -23,9 +23,10 @@ from test_parity_forward import _torch_sn_update
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.nn.spectral_norm import SpectralNorm
-from ugatit_jax.train import optim
+from ugatit_jax.train import losses, optim
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.nice_step import make_nice_train_step
+from ugatit_jax.train.updates import Optimisers
 
 OUTLIER_FRACTION = 1e-3
 MODES = ("eval", "train")
@@ -119,11 +120,10 @@ def stepped(golden):
     step = jax.jit(
         make_nice_train_step(
             graphdefs,
-            g_tx=tx,
-            d_tx=tx,
-            adv_weight=c["adv_weight"],
-            cycle_weight=c["cycle_weight"],
-            recon_weight=c["recon_weight"],
+            Optimisers(tx, tx),
+            losses.NICEObjective(
+                adv_weight=c["adv_weight"], cycle_weight=c["cycle_weight"], recon_weight=c["recon_weight"]
+            ),
         )
     )
     state, metrics = step(state, {"A": golden.real["A"], "B": golden.real["B"]})

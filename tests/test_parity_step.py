@@ -15,9 +15,10 @@ import pytest
 from golden import Golden, rel_error
 
 from ugatit_jax.interop import torch_import
-from ugatit_jax.train import optim
+from ugatit_jax.train import losses, optim
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train import step as train_step
+from ugatit_jax.train.updates import Optimisers
 
 OUTLIER_FRACTION = 1e-3
 
@@ -40,12 +41,13 @@ def stepped(golden_dir):
     step = jax.jit(
         train_step.make_train_step(
             graphdefs,
-            g_tx=tx,
-            d_tx=tx,
-            adv_weight=c["adv_weight"],
-            cycle_weight=c["cycle_weight"],
-            identity_weight=c["identity_weight"],
-            cam_weight=c["cam_weight"],
+            Optimisers(tx, tx),
+            losses.UGATITObjective(
+                adv_weight=c["adv_weight"],
+                cycle_weight=c["cycle_weight"],
+                identity_weight=c["identity_weight"],
+                cam_weight=c["cam_weight"],
+            ),
             rho_clip=tuple(c["rho_clip"]),
         )
     )

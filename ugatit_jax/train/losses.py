@@ -11,6 +11,7 @@ CAM or identity terms. Means run over all elements, as torch's default ``reducti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
@@ -18,6 +19,42 @@ import jax.numpy as jnp
 import optax
 
 GAN_TYPES = ("lsgan", "hinge")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The GAN objective and the loss weights both families share; defaults are the official ones.
+
+    A family's subclass adds its own weights; together its fields are its generator loss's keyword arguments, so
+    a step builder takes one checked value instead of repeating every weight in its signature.
+    """
+
+    adv_weight: float = 1.0
+    cycle_weight: float = 10.0
+    gan_type: str = "lsgan"
+
+    def __post_init__(self):
+        if self.gan_type not in GAN_TYPES:
+            raise ValueError(f"unknown gan_type {self.gan_type!r}; expected one of {GAN_TYPES}")
+
+    @classmethod
+    def from_config(cls, config) -> Objective:
+        """The config's values of this objective's fields (run configs name them alike)."""
+        return cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
+
+    def as_kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class UGATITObjective(Objective):
+    identity_weight: float = 10.0
+    cam_weight: float = 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NICEObjective(Objective):
+    recon_weight: float = 10.0
 
 
 def mse(x, target: float):

@@ -26,10 +26,9 @@ The step is a pure function of (state, batch), meant to be jitted once with the 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
-import optax
 from flax import nnx
 
 from ugatit_jax.data.transforms import as_model_input
@@ -37,7 +36,7 @@ from ugatit_jax.models.nice import NICE
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import TrainState
 from ugatit_jax.train.step import deinterleave, interleave
-from ugatit_jax.train.updates import Update, merged, next_state, optimiser_step, power_iteration_state
+from ugatit_jax.train.updates import Optimisers, Update, merged, next_state, optimiser_step, power_iteration_state
 
 G_NAMES = NICE.GENERATORS  # gen2B, gen2A
 D_NAMES = NICE.DISCRIMINATORS  # disA, disB
@@ -45,22 +44,16 @@ D_NAMES = NICE.DISCRIMINATORS  # disA, disB
 
 def make_nice_train_step(
     graphdefs: Mapping[str, nnx.GraphDef],
-    *,
-    g_tx: optax.GradientTransformation,
-    d_tx: optax.GradientTransformation,
-    lr_schedule: Callable | None = None,
-    adv_weight: float = 1.0,
-    cycle_weight: float = 10.0,
-    recon_weight: float = 10.0,
-    gan_type: str = "lsgan",
+    optimisers: Optimisers,
+    objective: losses.NICEObjective | None = None,
 ):
     """Returns ``train_step(state, batch) -> (state, metrics)`` for a ``NICE`` model's state; jit it (see
     ``parallel.jit_train_step``). Metrics: ``d_loss``, ``g_loss``, every loss term, both gradient norms and, with
-    ``lr_schedule``, ``lr``."""
-    if gan_type not in losses.GAN_TYPES:
-        raise ValueError(f"unknown gan_type {gan_type!r}; expected one of {losses.GAN_TYPES}")
-    weights = dict(adv_weight=adv_weight, cycle_weight=cycle_weight, recon_weight=recon_weight)
-    generator_loss = functools.partial(losses.nice_generator_loss, **weights, gan_type=gan_type)
+    a learning-rate schedule, ``lr``."""
+    g_tx, d_tx, lr_schedule = optimisers
+    objective = objective or losses.NICEObjective()  # the official weights
+    adv_weight, gan_type = objective.adv_weight, objective.gan_type
+    generator_loss = functools.partial(losses.nice_generator_loss, **objective.as_kwargs())
 
     def d_loss_fn(d_params, sn, g_params, real_a, real_b):
         dis, gen = merged(graphdefs, d_params, sn), merged(graphdefs, g_params)

@@ -9,18 +9,17 @@ to be jitted once with the state donated; batches are {'A': (B, H, W, 3), 'B': .
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from ugatit_jax.data.transforms import as_model_input
 from ugatit_jax.nn.norms import clip_rho
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState
-from ugatit_jax.train.updates import Update, merged, next_state, optimiser_step, power_iteration_state
+from ugatit_jax.train.updates import Optimisers, Update, merged, next_state, optimiser_step, power_iteration_state
 
 
 def interleave(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -36,22 +35,15 @@ def deinterleave(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def make_train_step(
     graphdefs: Mapping[str, nnx.GraphDef],
-    *,
-    g_tx: optax.GradientTransformation,
-    d_tx: optax.GradientTransformation,
-    lr_schedule: Callable | None = None,
-    adv_weight: float = 1.0,
-    cycle_weight: float = 10.0,
-    identity_weight: float = 10.0,
-    cam_weight: float = 1000.0,
-    gan_type: str = "lsgan",
+    optimisers: Optimisers,
+    objective: losses.UGATITObjective | None = None,
     rho_clip=(0.0, 1.0),
 ):
     """Returns ``train_step(state, batch) -> (state, metrics)``; jit it (see ``parallel.jit_train_step``)."""
-    if gan_type not in losses.GAN_TYPES:
-        raise ValueError(f"unknown gan_type {gan_type!r}; expected one of {losses.GAN_TYPES}")
-    weights = dict(adv_weight=adv_weight, cycle_weight=cycle_weight, identity_weight=identity_weight)
-    generator_loss = functools.partial(losses.generator_loss, **weights, cam_weight=cam_weight, gan_type=gan_type)
+    g_tx, d_tx, lr_schedule = optimisers
+    objective = objective or losses.UGATITObjective()  # the official weights
+    adv_weight, gan_type = objective.adv_weight, objective.gan_type
+    generator_loss = functools.partial(losses.generator_loss, **objective.as_kwargs())
 
     def d_loss_fn(d_params, sn, real_a, real_b, fake_a2b, fake_b2a):
         dis = merged(graphdefs, d_params, sn)

@@ -32,29 +32,23 @@ from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import optim, parallel, step_cache
+from ugatit_jax.train import losses, optim, parallel, step_cache
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
 from ugatit_jax.train.state import TrainState, abstract_train_state, create_train_state
 from ugatit_jax.train.step import make_train_step
+from ugatit_jax.train.updates import Optimisers
 
 log = logging.getLogger("ugatit_jax")
 
 
 def make_step(config, graphdefs, g_tx, d_tx):
     """The pure train step of the config's model family, with the config's loss weights."""
-    common = dict(
-        g_tx=g_tx,
-        d_tx=d_tx,
-        lr_schedule=optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag),
-        adv_weight=config.adv_weight,
-        cycle_weight=config.cycle_weight,
-        gan_type=config.gan_type,
-    )
+    optimisers = Optimisers(g_tx, d_tx, optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag))
     if get_family(config).name == "nice":
-        return make_nice_train_step(graphdefs, recon_weight=config.recon_weight, **common)
-    return make_train_step(graphdefs, identity_weight=config.identity_weight, cam_weight=config.cam_weight, **common)
+        return make_nice_train_step(graphdefs, optimisers, losses.NICEObjective.from_config(config))
+    return make_train_step(graphdefs, optimisers, losses.UGATITObjective.from_config(config))
 
 
 # Every config key a run's train step program depends on: the model's, the batch's shape, and those make_step and

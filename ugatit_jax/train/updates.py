@@ -30,6 +30,15 @@ def power_iteration_state(nets: dict[str, nnx.Module]) -> dict:
     return {n: nnx.as_pure(nnx.state(net, PowerIterationState)) for n, net in nets.items()}
 
 
+class Optimisers(NamedTuple):
+    """What both families' steps optimise with: the generators' and the discriminators' optax transformations
+    and, to log the step's rate, their learning-rate schedule."""
+
+    g_tx: optax.GradientTransformation
+    d_tx: optax.GradientTransformation
+    lr_schedule: Callable | None = None
+
+
 class Update(NamedTuple):
     """One side's (discriminators' or generators') result of a step."""
 
