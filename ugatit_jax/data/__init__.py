@@ -1,7 +1,7 @@
 """Datasets, augmentation and the input pipeline (host side, uint8 NHWC)."""
 
 from ugatit_jax.data.errors import DatasetError, UnreadableImageWarning
-from ugatit_jax.data.pipeline import TrainIterator, iterate_test, make_train_iterator
+from ugatit_jax.data.pipeline import TrainIterator, config_options, iterate_test, make_train_iterator
 from ugatit_jax.data.prefetch import prefetch_to_device
 from ugatit_jax.data.registry import DATASETS, get_source
 from ugatit_jax.data.source import SPLITS, SplitSource, UnpairedSource
@@ -17,6 +17,7 @@ __all__ = [
     "TrainIterator",
     "UnpairedSource",
     "UnreadableImageWarning",
+    "config_options",
     "get_source",
     "iterate_test",
     "make_train_iterator",

@@ -16,16 +16,21 @@ from ugatit_jax.data.source import SPLITS
 
 
 def _config(args):
+    """The run-config keys the data commands read: the dataset's, and for ``benchmark`` the pipeline's."""
     import ml_collections
 
-    return ml_collections.ConfigDict(
-        dict(
-            dataset=args.dataset,
-            dataset_dir=args.dataset_dir or "",
-            tfds_name=args.tfds_name or "",
-            emoji_limit=getattr(args, "emoji_limit", 0) or 0,
-        )
+    from ugatit_jax.data.transforms import CROP_MARGIN
+
+    config = dict(
+        dataset=args.dataset,
+        dataset_dir=args.dataset_dir or "",
+        tfds_name=args.tfds_name or "",
+        emoji_limit=getattr(args, "emoji_limit", 0) or 0,
     )
+    if args.command == "benchmark":
+        pipeline = dict(img_size=args.img_size, batch_size=args.batch_size, num_workers=args.num_workers)
+        config |= pipeline | dict(seed=0, crop_margin=CROP_MARGIN)  # the official augmentation
+    return ml_collections.ConfigDict(config)
 
 
 def _describe(args) -> None:
@@ -76,14 +81,7 @@ def _benchmark(args) -> None:
             raise DatasetError("--generate needs --dataset-dir to say where to write the images")
         write_random_images(args.dataset_dir, args.generate)
     source = get_source(_config(args))
-    result = benchmark(
-        source,
-        img_size=args.img_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        num_threads=args.num_threads,
-        steps=args.steps,
-    )
+    result = benchmark(source, _config(args), num_threads=args.num_threads, steps=args.steps)
     print(
         f"{source.name}: img_size {args.img_size}, batch {args.batch_size} per domain, "
         f"{args.num_workers} workers, {args.num_threads} threads: {result['images_per_s']:.1f} images/s (A+B), "

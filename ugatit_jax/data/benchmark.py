@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import time
 
-from ugatit_jax.data.pipeline import make_train_iterator
+from ugatit_jax.data.pipeline import config_options, make_train_iterator
 from ugatit_jax.data.source import UnpairedSource
 
 
-def benchmark(
-    source: UnpairedSource,
-    *,
-    img_size: int,
-    batch_size: int,
-    num_workers: int,
-    num_threads: int = 0,
-    steps: int,
-    warmup: int = 3,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Times ``steps`` batches after ``warmup`` batches on one host; returns the measurements."""
+def benchmark(source: UnpairedSource, config, *, num_threads: int = 0, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Times ``steps`` batches after ``warmup`` batches of the pipeline ``config`` sets (``config_options``) on one
+    host; returns the measurements."""
     start = time.perf_counter()
-    with make_train_iterator(
-        source,
-        img_size=img_size,
-        global_batch_size=batch_size,
-        seed=seed,
-        num_workers=num_workers,
-        num_threads=num_threads,
-        process_index=0,
-        process_count=1,
-    ) as iterator:
+    options = config_options(config) | dict(num_threads=num_threads, process_index=0, process_count=1)
+    with make_train_iterator(source, **options) as iterator:
         for _ in range(warmup):
             next(iterator)
         warm = time.perf_counter()
@@ -48,5 +31,5 @@ def benchmark(
         "seconds": seconds,
         "steps": steps,
         "batches_per_s": steps / seconds,
-        "images_per_s": 2 * batch_size * steps / seconds,
+        "images_per_s": 2 * config.batch_size * steps / seconds,
     }

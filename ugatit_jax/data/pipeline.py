@@ -251,6 +251,22 @@ class TrainIterator(Iterator):
         self.close()
 
 
+# TrainIterator's options that a run config sets, and the config keys they come from.
+CONFIG_OPTIONS = {
+    "img_size": "img_size",
+    "global_batch_size": "batch_size",
+    "seed": "seed",
+    "crop_margin": "crop_margin",
+    "num_workers": "num_workers",
+}
+
+
+def config_options(config) -> dict:
+    """TrainIterator's options as the config sets them: one reading for the trainer and the data benchmark, which
+    times the pipeline a run would build."""
+    return {option: config[key] for option, key in CONFIG_OPTIONS.items()}
+
+
 def make_train_iterator(source: UnpairedSource, **options) -> TrainIterator:
     """This host's endless training batches of ``global_batch_size // process_count`` images per domain.
 

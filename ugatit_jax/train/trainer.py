@@ -319,14 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     mesh = parallel.make_mesh()
     source = data_lib.get_source(config)
-    train_iter = data_lib.make_train_iterator(
-        source,
-        img_size=config.img_size,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        crop_margin=config.crop_margin,
-        num_workers=config.num_workers,
-    )
+    train_iter = data_lib.make_train_iterator(source, **data_lib.config_options(config))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
     g_tx, d_tx = make_optimizers(config)
