@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.models.ugatit import ResnetAdaILNBlock
+from ugatit_jax.models.ugatit import AdaILNDecoder, ResnetAdaILNBlock
 from ugatit_jax.nn import layers
 from ugatit_jax.nn.attention import ResidualCAMAttention
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN
@@ -153,12 +153,10 @@ class SubPixelUpBlock(nnx.Module):
         return jax.nn.relu(self.shuffled_norm(x))
 
 
-class NiceGenerator(nnx.Module):
-    """ResnetGenerator of NICE-GAN: a decoder from a discriminator's code ``z`` (B, H/4, W/4, 2ch) to an image
-    (B, H, W, 3) in [-1, 1] (float32).
-
-    ``light=False`` feeds the whole (H/4 * W/4 * 4ch) feature map to the gamma/beta MLP (the paper's model, 276M
-    parameters at 256 px); ``light=True`` feeds its global average.
+class NiceGenerator(AdaILNDecoder):
+    """ResnetGenerator of NICE-GAN: from a discriminator's code ``z`` (B, H/4, W/4, 2ch) to an image (B, H, W, 3)
+    in [-1, 1] (float32): one conv to 4ch, then the AdaILN decoder with sub-pixel up-sampling (``light`` as there;
+    the full model has 276M parameters at 256 px).
     """
 
     def __init__(
@@ -175,46 +173,17 @@ class NiceGenerator(nnx.Module):
     ):
         if img_size % 2**N_DOWNSAMPLING:
             raise ValueError(f"img_size must be divisible by {2**N_DOWNSAMPLING}, got {img_size}")
-        self.light = light
-        self.img_size = img_size
-        conv = functools.partial(layers.conv, dtype=dtype, rngs=rngs)
-        linear = functools.partial(layers.linear, use_bias=False, dtype=dtype, rngs=rngs)
         dim = ch * 2**N_DOWNSAMPLING
-        # Official creation order: UpBlock0, FC, gamma, beta, the AdaILN blocks, UpBlock2.
-        self.stem = conv(dim // 2, dim, 3, use_bias=True)  # UpBlock0: 2ch -> 4ch
+        # Official creation order: UpBlock0, then the decoder (FC, gamma, beta, the AdaILN blocks, UpBlock2).
+        self.stem = layers.conv(dim // 2, dim, 3, use_bias=True, dtype=dtype, rngs=rngs)  # UpBlock0: 2ch -> 4ch
         self.stem_norm = SoftmaxILN(dim)
-        feat = img_size // 2**N_DOWNSAMPLING
-        self.fc1 = linear(dim if light else feat * feat * dim, dim)
-        self.fc2 = linear(dim, dim)
-        self.gamma = linear(dim, dim)
-        self.beta = linear(dim, dim)
-        self.adailn_blocks = nnx.List([_AdaILNBlock(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
-        self.up = nnx.List([SubPixelUpBlock(dim // 2**i, dtype=dtype, rngs=rngs) for i in range(N_DOWNSAMPLING)])
-        self.to_rgb = conv(ch, out_ch, 7, use_bias=False)
-        self.dtype = dtype
-        self.remat = remat
+        options = dict(out_ch=out_ch, dtype=dtype, remat=remat, rngs=rngs)
+        self._init_decoder(ch, n_res, img_size, light, block=_AdaILNBlock, up=SubPixelUpBlock, **options)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         x = z.astype(self.dtype) if self.dtype is not None else z
         x = jax.nn.relu(self.stem_norm(self.stem(layers.reflect_pad(x, 1))))  # (B, H/4, W/4, 4ch)
-        if self.light:
-            h = jnp.mean(x, axis=(1, 2))  # (B, 4ch)
-        else:
-            h = x.reshape(x.shape[0], -1)  # (B, H/4 * W/4 * 4ch), (h, w, c) order
-        h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
-        gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ch) each
-        # remat: recompute each residual block in the backward pass instead of storing its activations.
-        call = nnx.remat(_call_block) if self.remat else _call_block
-        for block in self.adailn_blocks:
-            x = call(block, x, gamma, beta)
-        for up in self.up:
-            x = up(x)  # (B, H/2, W/2, 2ch), then (B, H, W, ch)
-        out = jnp.tanh(self.to_rgb(layers.reflect_pad(x, 3)))
-        return out.astype(jnp.float32)
-
-
-def _call_block(block, *args):
-    return block(*args)
+        return self.decode(x)
 
 
 class NICE(nnx.Module):
@@ -243,12 +212,6 @@ class NICE(nnx.Module):
         self.gen2B, self.gen2A = gen(), gen()
         self.disA = NiceDiscriminator(ch, n_dis, dtype=dtype, rngs=rngs)
         self.disB = NiceDiscriminator(ch, n_dis, dtype=dtype, rngs=rngs)
-
-    def generators(self):
-        return self.gen2B, self.gen2A
-
-    def discriminators(self):
-        return self.disA, self.disB
 
     def translate_a2b(self, x: jax.Array) -> jax.Array:
         """A -> B: decode domain A's code (``disA``'s encoder only, no heads) with the B generator."""
