@@ -128,3 +128,28 @@ def test_step_and_architecture_keys_cover_what_is_read(model):
     graphdefs, _ = train_state.abstract_train_state(config, g_tx, d_tx)
     trainer.make_step(step, graphdefs, g_tx, d_tx)
     assert step.read and step.read <= set(trainer.STEP_KEYS), step.read - set(trainer.STEP_KEYS)
+
+
+@pytest.mark.parametrize(
+    "objective, loss_fn",
+    [("UGATITObjective", "generator_loss"), ("NICEObjective", "nice_generator_loss")],
+)
+def test_objective_fields_are_the_generator_loss_keywords(objective, loss_fn):
+    """A step binds ``objective.as_kwargs()`` to its family's generator loss: a weight added to one and not the
+    other must fail here, not as a TypeError inside a trace. The defaults are the official ones, a run config fills
+    every field, and an unknown objective is refused when the objective is made."""
+    import inspect
+
+    from ugatit_jax.config import base_config
+    from ugatit_jax.train import losses
+
+    cls = getattr(losses, objective)
+    parameters = inspect.signature(getattr(losses, loss_fn)).parameters
+    settings = {name for name in parameters if name.endswith("_weight") or name == "gan_type"}  # not the images
+    assert set(cls().as_kwargs()) == settings
+    assert cls().adv_weight == 1.0 and cls().cycle_weight == 10.0 and cls().gan_type == "lsgan"
+    config = base_config()
+    config.cycle_weight, config.gan_type = 3.0, "hinge"
+    assert cls.from_config(config).as_kwargs() == {**cls().as_kwargs(), "cycle_weight": 3.0, "gan_type": "hinge"}
+    with pytest.raises(ValueError, match="unknown gan_type 'wgan'"):
+        cls(gan_type="wgan")
