@@ -80,7 +80,8 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: dataset folder")
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("python -m ugatit_jax.data: error: dataset folder")
     assert main(["build", "--dataset", "folder"]) == 2
     with pytest.raises(SystemExit) as exit_info:
         main(["describe", "--dataset", "bogus"])

@@ -1,6 +1,6 @@
 """Command line: ``python -m ugatit_jax.data {describe,build,benchmark} ...``.
 
-Bad input ends with exit code 2 and a one-line ``error: ...`` on stderr.
+Bad input ends with exit code 2 and one ``python -m ugatit_jax.data: error: ...`` line on stderr (``cli.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import os
 import sys
 import textwrap
 
+from ugatit_jax.cli import Parser, make_main
 from ugatit_jax.data.errors import DatasetError
 from ugatit_jax.data.registry import DATASETS, get_source
 from ugatit_jax.data.source import SPLITS
+
+PROG = "python -m ugatit_jax.data"
 
 
 def _config(args):
@@ -89,15 +92,8 @@ def _benchmark(args) -> None:
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes get the same one-line error as bad datasets."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m ugatit_jax.data", description=__doc__.splitlines()[0])
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def dataset_options(command, default):
@@ -133,14 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (DatasetError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    return 0
+def _run(args) -> None:
+    args.run(args)
+
+
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":
