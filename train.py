@@ -27,20 +27,12 @@ def fail(message: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from ugatit_jax.cli import UsageError, parse_config_flags
+
     try:
-        FLAGS(argv)
-        if FLAGS.config is not None:
-            FLAGS.config.keys()  # ml_collections loads the file lazily: a missing or broken one fails on first use
-    except OSError:
-        path = None  # the last --config given (absl keeps the last); ml_collections' record stops at the failure
-        for arg, value in zip(argv, [*argv[1:], None]):
-            path = arg.split("=", 1)[1] if arg.startswith("--config=") else value if arg == "--config" else path
-        fail(f"--config={path}: cannot load it; give a config file such as configs/emoji.py")
-    except flags.Error as e:
-        fail(str(e).splitlines()[0])
-    except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config does not have
-        key = str(e).strip("\"'")
-        fail(f"unknown config key {key!r} in a --config.* override; the keys are listed in ugatit_jax/config.py")
+        parse_config_flags(FLAGS, argv)
+    except UsageError as e:
+        fail(str(e))
     if FLAGS.config is None:
         fail("--config is required, e.g. --config configs/emoji.py")
     if not FLAGS.workdir:

@@ -66,16 +66,12 @@ def load_config(path: str, overrides: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
+    from ugatit_jax.cli import parse_config_flags
+
     argv = ["throughput", f"--config={path}", *(f"--config.{o}" for o in overrides)]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv, lock_config=True)
-    try:
-        values(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections' message is just the quoted key
-        key = str(e).strip("'\"")
-        raise SystemExit(f"unknown config key {key!r}; the keys are listed in ugatit_jax/config.py") from None
-    except flags.Error as e:
-        raise SystemExit(str(e)) from None
+    parse_config_flags(values, argv)  # bad input: cli.UsageError, one "throughput.py: error:" line (run_script)
     return values.config
 
 

@@ -9,6 +9,8 @@ import sys
 import jax
 import pytest
 
+from ugatit_jax.cli import UsageError
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -115,8 +117,10 @@ def test_run_row_reports_timeouts_failures_and_results(tmp_path):
 def test_config_overrides_are_typed():
     c = throughput.load_config(str(ROOT / "configs/emoji.py"), ["ch=8", "light=false", "compute_dtype=bfloat16"])
     assert c.ch == 8 and c.light is False and c.compute_dtype == "bfloat16"
-    with pytest.raises(SystemExit, match="unknown config key"):
+    with pytest.raises(UsageError, match="unknown config key 'no_such_key' in a --config.* override"):
         throughput.load_config(str(ROOT / "configs/emoji.py"), ["no_such_key=1"])
+    with pytest.raises(UsageError, match="--config=/no/such.py: cannot load it"):
+        throughput.load_config("/no/such.py", [])
 
 
 def test_sweep_grid_and_table():

@@ -46,6 +46,33 @@ def doc_parser(prog: str, doc: str, description: str | None = None) -> Parser:
     )
 
 
+def parse_config_flags(flag_values, argv: list[str]) -> None:
+    """Parses ``argv`` into ``flag_values``, which define ml_collections' ``config`` file flag (so ``--config FILE``
+    and ``--config.key=value`` overrides), and loads the file: train.py and the benchmarks read a config one way.
+
+    Every failure is a ``UsageError`` naming the flag and the fix; ml_collections' own messages are a bare quoted
+    key (an unknown override) or a chain of nested errors (a missing or broken file).
+    """
+    from absl import flags
+
+    try:
+        flag_values(argv)
+        if flag_values["config"].value is not None:
+            flag_values["config"].value.keys()  # the file is loaded lazily: a missing or broken one fails on first use
+    except OSError:
+        path = None  # the last --config given (absl keeps the last); ml_collections' record stops at the failure
+        for arg, value in zip(argv, [*argv[1:], None]):
+            path = arg.split("=", 1)[1] if arg.startswith("--config=") else value if arg == "--config" else path
+        raise UsageError(f"--config={path}: cannot load it; give a config file such as configs/emoji.py") from None
+    except flags.Error as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    except (AttributeError, KeyError) as e:  # an override of a key the config does not have
+        key = str(e).strip("\"'")
+        raise UsageError(
+            f"unknown config key {key!r} in a --config.* override; the keys are listed in ugatit_jax/config.py"
+        ) from None
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
     from ugatit_jax.config import ConfigError
