@@ -83,8 +83,9 @@ def _benchmark(args) -> None:
         if not args.dataset_dir:
             raise DatasetError("--generate needs --dataset-dir to say where to write the images")
         write_random_images(args.dataset_dir, args.generate)
-    source = get_source(_config(args))
-    result = benchmark(source, _config(args), num_threads=args.num_threads, steps=args.steps)
+    config = _config(args)
+    source = get_source(config)
+    result = benchmark(source, config, num_threads=args.num_threads, steps=args.steps)
     print(
         f"{source.name}: img_size {args.img_size}, batch {args.batch_size} per domain, "
         f"{args.num_workers} workers, {args.num_threads} threads: {result['images_per_s']:.1f} images/s (A+B), "
