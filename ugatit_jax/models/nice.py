@@ -23,13 +23,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.models.ugatit import AdaILNDecoder, ResnetAdaILNBlock
+from ugatit_jax.models.ugatit import N_DOWNSAMPLING, AdaILNDecoder, ResnetAdaILNBlock
 from ugatit_jax.nn import layers
 from ugatit_jax.nn.attention import ResidualCAMAttention
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
-N_DOWNSAMPLING = 2  # the encoder's two stride-2 convs: z is img_size / 4 wide with 2 * ch channels
 MIN_N_DIS = 6  # the official layer ranges only chain up from 6 layers (the shared part is n_dis - 6 convs)
 
 
@@ -171,8 +170,7 @@ class NiceGenerator(AdaILNDecoder):
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        if img_size % 2**N_DOWNSAMPLING:
-            raise ValueError(f"img_size must be divisible by {2**N_DOWNSAMPLING}, got {img_size}")
+        self._check_img_size(img_size)
         dim = ch * 2**N_DOWNSAMPLING
         # Official creation order: UpBlock0, then the decoder (FC, gamma, beta, the AdaILN blocks, UpBlock2).
         self.stem = layers.conv(dim // 2, dim, 3, use_bias=True, dtype=dtype, rngs=rngs)  # UpBlock0: 2ch -> 4ch

@@ -70,6 +70,12 @@ class AdaILNDecoder(nnx.Module):
     own, so checkpoints and the official key mapping see one flat module).
     """
 
+    @staticmethod
+    def _check_img_size(img_size: int) -> None:
+        """Called first by both generators: the decoder's MLP reads a feature map of exactly img_size / 4."""
+        if img_size % 2**N_DOWNSAMPLING:
+            raise ValueError(f"img_size must be divisible by {2**N_DOWNSAMPLING}, got {img_size}")
+
     def _init_decoder(self, ch, n_res, img_size, light, *, out_ch, block, up, dtype, remat, rngs):
         dim = ch * 2**N_DOWNSAMPLING
         feat = img_size // 2**N_DOWNSAMPLING
@@ -129,8 +135,7 @@ class Generator(AdaILNDecoder):
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        if img_size % 4:
-            raise ValueError(f"img_size must be divisible by 4, got {img_size}")
+        self._check_img_size(img_size)
         conv = functools.partial(layers.conv, dtype=dtype, rngs=rngs)
         dim = ngf * 2**N_DOWNSAMPLING
         self.stem = conv(in_ch, ngf, 7, use_bias=False)
