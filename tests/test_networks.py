@@ -11,6 +11,7 @@ from flax import nnx
 from tiny import tiny_config
 
 from ugatit_jax.models.family import build_model
+from ugatit_jax.models.nice import NiceGenerator
 from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
 from ugatit_jax.nn.attention import CAMAttention
 from ugatit_jax.nn.jit_init import abstract_module, jit_init
@@ -86,6 +87,17 @@ def test_generator_rejects_img_size_not_divisible_by_4():
         Generator(4, 1, 254, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="divisible by 4"):
         UGATIT(4, 1, 130, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="divisible by 4.*30"):
+        NiceGenerator(4, 1, 30, rngs=nnx.Rngs(0))
+
+
+def test_generators_default_to_the_official_residual_block_counts():
+    """One constructor serves both generators; ``n_res`` left out is the family's official count (4 and 6)."""
+    for cls, n_res in ((Generator, 4), (NiceGenerator, 6)):
+        gen = nnx.eval_shape(lambda cls=cls: cls(4, img_size=16, rngs=nnx.Rngs(0)))
+        assert len(gen.adailn_blocks) == n_res
+        assert len(nnx.eval_shape(lambda cls=cls: cls(4, 2, 16, rngs=nnx.Rngs(0))).adailn_blocks) == 2
+    assert len(nnx.eval_shape(lambda: Generator(4, img_size=16, rngs=nnx.Rngs(0))).res_blocks) == 4
 
 
 def test_discriminator_rejects_fewer_than_3_layers():

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.models.ugatit import N_DOWNSAMPLING, AdaILNDecoder, ResnetAdaILNBlock
+from ugatit_jax.models.ugatit import N_DOWNSAMPLING, AdaILNGenerator, ResnetAdaILNBlock
 from ugatit_jax.nn import layers
 from ugatit_jax.nn.attention import ResidualCAMAttention
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN
@@ -152,31 +152,21 @@ class SubPixelUpBlock(nnx.Module):
         return jax.nn.relu(self.shuffled_norm(x))
 
 
-class NiceGenerator(AdaILNDecoder):
+class NiceGenerator(AdaILNGenerator):
     """ResnetGenerator of NICE-GAN: from a discriminator's code ``z`` (B, H/4, W/4, 2ch) to an image (B, H, W, 3)
     in [-1, 1] (float32): one conv to 4ch, then the AdaILN decoder with sub-pixel up-sampling (``light`` as there;
     the full model has 276M parameters at 256 px).
     """
 
-    def __init__(
-        self,
-        ch: int = 64,
-        n_res: int = 6,
-        img_size: int = 256,
-        light: bool = False,
-        *,
-        out_ch: int = 3,
-        dtype=None,
-        remat: bool = False,
-        rngs: nnx.Rngs,
-    ):
-        self._check_img_size(img_size)
+    N_RES = 6
+    ADAILN_BLOCK = _AdaILNBlock
+    UP_BLOCK = SubPixelUpBlock
+
+    def _init_front(self, ch, n_res, *, dtype, rngs):
         dim = ch * 2**N_DOWNSAMPLING
-        # Official creation order: UpBlock0, then the decoder (FC, gamma, beta, the AdaILN blocks, UpBlock2).
-        self.stem = layers.conv(dim // 2, dim, 3, use_bias=True, dtype=dtype, rngs=rngs)  # UpBlock0: 2ch -> 4ch
+        # The official UpBlock0, created before the decoder (FC, gamma, beta, the AdaILN blocks, UpBlock2).
+        self.stem = layers.conv(dim // 2, dim, 3, use_bias=True, dtype=dtype, rngs=rngs)  # 2ch -> 4ch
         self.stem_norm = SoftmaxILN(dim)
-        options = dict(out_ch=out_ch, dtype=dtype, remat=remat, rngs=rngs)
-        self._init_decoder(ch, n_res, img_size, light, block=_AdaILNBlock, up=SubPixelUpBlock, **options)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         x = z.astype(self.dtype) if self.dtype is not None else z
@@ -207,9 +197,9 @@ class NICE(nnx.Module):
         rngs: nnx.Rngs,
     ):
         gen = functools.partial(NiceGenerator, ch, n_res, img_size, light, dtype=dtype, remat=remat, rngs=rngs)
+        disc = functools.partial(NiceDiscriminator, ch, n_dis, dtype=dtype, rngs=rngs)
         self.gen2B, self.gen2A = gen(), gen()
-        self.disA = NiceDiscriminator(ch, n_dis, dtype=dtype, rngs=rngs)
-        self.disB = NiceDiscriminator(ch, n_dis, dtype=dtype, rngs=rngs)
+        self.disA, self.disB = disc(), disc()
 
     def translate_a2b(self, x: jax.Array) -> jax.Array:
         """A -> B: decode domain A's code (``disA``'s encoder only, no heads) with the B generator."""

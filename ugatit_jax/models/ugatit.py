@@ -60,23 +60,37 @@ class UpBlock(nnx.Module):
         return jax.nn.relu(self.norm(self.conv(layers.reflect_pad(x, 1))))
 
 
-class AdaILNDecoder(nnx.Module):
-    """The decoder both families' generators end with: an MLP from the feature map to AdaILN's gamma, beta, the
-    AdaILN residual blocks, the up-sampling blocks and a 7x7 convolution to RGB.
+class AdaILNGenerator(nnx.Module):
+    """The generator both families share: a front end of the subclass's (``_init_front`` and its ``__call__``),
+    then the AdaILN decoder: an MLP from the feature map to AdaILN's gamma, beta, ``n_res`` AdaILN residual blocks,
+    two up-sampling blocks and a 7x7 convolution to RGB.
 
-    ``light=False`` feeds the whole (H/4 * W/4 * 4ch) feature map to the MLP (the paper's models, ~280M parameters
-    at 256 px); ``light=True`` feeds its global average. Subclasses build their encoder part first, then call
-    ``_init_decoder`` with their block types (the official creation order; attribute names stay the generator's
-    own, so checkpoints and the official key mapping see one flat module).
+    One constructor for both, so the arguments, the size check and the official creation order (front end first,
+    then the decoder) are written once. Attribute names stay the generator's own, so checkpoints and the official
+    key mapping see one flat module. ``light=False`` feeds the whole (H/4 * W/4 * 4ch) feature map to the MLP
+    (the paper's models, ~280M parameters at 256 px); ``light=True`` feeds its global average.
     """
 
-    @staticmethod
-    def _check_img_size(img_size: int) -> None:
-        """Called first by both generators: the decoder's MLP reads a feature map of exactly img_size / 4."""
-        if img_size % 2**N_DOWNSAMPLING:
-            raise ValueError(f"img_size must be divisible by {2**N_DOWNSAMPLING}, got {img_size}")
+    N_RES: int  # the official default number of AdaILN residual blocks
+    ADAILN_BLOCK: type  # (dim, *, dtype, rngs) -> block(x, gamma, beta)
+    UP_BLOCK: type  # (in_ch, *, dtype, rngs) -> block(x): twice the size, half the channels
 
-    def _init_decoder(self, ch, n_res, img_size, light, *, out_ch, block, up, dtype, remat, rngs):
+    def __init__(
+        self,
+        ch: int = 64,
+        n_res: int | None = None,  # None: N_RES
+        img_size: int = 256,
+        light: bool = False,
+        *,
+        out_ch: int = 3,
+        dtype=None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if img_size % 2**N_DOWNSAMPLING:  # the MLP reads a feature map of exactly img_size / 4
+            raise ValueError(f"img_size must be divisible by {2**N_DOWNSAMPLING}, got {img_size}")
+        n_res = self.N_RES if n_res is None else n_res
+        self._init_front(ch, n_res, dtype=dtype, rngs=rngs)
         dim = ch * 2**N_DOWNSAMPLING
         feat = img_size // 2**N_DOWNSAMPLING
         linear = functools.partial(layers.linear, use_bias=False, dtype=dtype, rngs=rngs)
@@ -86,11 +100,15 @@ class AdaILNDecoder(nnx.Module):
         self.fc2 = linear(dim, dim)
         self.gamma = linear(dim, dim)
         self.beta = linear(dim, dim)
-        self.adailn_blocks = nnx.List([block(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
-        self.up = nnx.List([up(dim // 2**i, dtype=dtype, rngs=rngs) for i in range(N_DOWNSAMPLING)])
+        self.adailn_blocks = nnx.List([self.ADAILN_BLOCK(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
+        self.up = nnx.List([self.UP_BLOCK(dim // 2**i, dtype=dtype, rngs=rngs) for i in range(N_DOWNSAMPLING)])
         self.to_rgb = layers.conv(ch, out_ch, 7, use_bias=False, dtype=dtype, rngs=rngs)
         self.dtype = dtype
         self.remat = remat
+
+    def _init_front(self, ch: int, n_res: int, *, dtype, rngs: nnx.Rngs) -> None:
+        """Create what comes before the decoder (called first: the official creation order)."""
+        raise NotImplementedError
 
     def decode(self, x: jax.Array) -> jax.Array:
         """Feature map (B, H/4, W/4, 4ch) -> image (B, H, W, out_ch) in [-1, 1], float32."""
@@ -116,36 +134,24 @@ class AdaILNDecoder(nnx.Module):
         return nnx.remat(_call_block) if self.remat else _call_block
 
 
-class Generator(AdaILNDecoder):
-    """ResnetGenerator of the official release: encoder (stem, two stride-2 convs, residual blocks), CAM attention,
-    then the AdaILN decoder on the attended features (``light`` as there; the full model has 279M parameters at
-    256 px). Returns ``(image (B, H, W, 3) in [-1, 1], cam_logit (B, 2), heatmap (B, H/4, W/4, 1))``.
+class Generator(AdaILNGenerator):
+    """ResnetGenerator of the official release: encoder (stem, two stride-2 convs, ``n_res`` residual blocks), CAM
+    attention, then the AdaILN decoder on the attended features (``light`` as there; the full model has 279M
+    parameters at 256 px). Arguments: ``AdaILNGenerator``. Returns ``(image (B, H, W, 3) in [-1, 1], cam_logit
+    (B, 2), heatmap (B, H/4, W/4, 1))``.
     """
 
-    def __init__(
-        self,
-        ngf: int = 64,
-        n_res: int = 4,
-        img_size: int = 256,
-        light: bool = False,
-        *,
-        in_ch: int = 3,
-        out_ch: int = 3,
-        dtype=None,
-        remat: bool = False,
-        rngs: nnx.Rngs,
-    ):
-        self._check_img_size(img_size)
+    N_RES = 4
+    ADAILN_BLOCK = ResnetAdaILNBlock
+    UP_BLOCK = UpBlock
+
+    def _init_front(self, ch, n_res, *, dtype, rngs):
         conv = functools.partial(layers.conv, dtype=dtype, rngs=rngs)
-        dim = ngf * 2**N_DOWNSAMPLING
-        self.stem = conv(in_ch, ngf, 7, use_bias=False)
-        self.down = nnx.List(
-            [conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, use_bias=False) for i in range(N_DOWNSAMPLING)]
-        )
+        dim = ch * 2**N_DOWNSAMPLING
+        self.stem = conv(3, ch, 7, use_bias=False)
+        self.down = nnx.List([conv(ch * 2**i, ch * 2 ** (i + 1), 3, 2, use_bias=False) for i in range(N_DOWNSAMPLING)])
         self.res_blocks = nnx.List([ResnetBlock(dim, dtype=dtype, rngs=rngs) for _ in range(n_res)])
         self.cam = CAMAttention(dim, activation=jax.nn.relu, dtype=dtype, rngs=rngs)
-        options = dict(out_ch=out_ch, dtype=dtype, remat=remat, rngs=rngs)
-        self._init_decoder(ngf, n_res, img_size, light, block=ResnetAdaILNBlock, up=UpBlock, **options)
 
     def __call__(self, x):
         if self.dtype is not None:
@@ -156,7 +162,7 @@ class Generator(AdaILNDecoder):
         call = self._block_call()
         for block in self.res_blocks:
             x = call(block, x)
-        x, cam_logit, heatmap = self.cam(x)  # x: (B, H/4, W/4, 4ngf)
+        x, cam_logit, heatmap = self.cam(x)  # x: (B, H/4, W/4, 4ch)
         return self.decode(x), cam_logit.astype(jnp.float32), heatmap.astype(jnp.float32)
 
 
@@ -226,8 +232,7 @@ class UGATIT(nnx.Module):
         rngs: nnx.Rngs,
     ):
         gen = functools.partial(Generator, ch, n_res, img_size, light, dtype=dtype, remat=remat, rngs=rngs)
+        disc = functools.partial(Discriminator, ch, dtype=dtype, rngs=rngs)
         self.genA2B, self.genB2A = gen(), gen()
-        self.disGA = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)
-        self.disGB = Discriminator(ch, disc_global_layers, dtype=dtype, rngs=rngs)
-        self.disLA = Discriminator(ch, disc_local_layers, dtype=dtype, rngs=rngs)
-        self.disLB = Discriminator(ch, disc_local_layers, dtype=dtype, rngs=rngs)
+        self.disGA, self.disGB = disc(disc_global_layers), disc(disc_global_layers)
+        self.disLA, self.disLB = disc(disc_local_layers), disc(disc_local_layers)
