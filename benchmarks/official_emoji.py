@@ -45,16 +45,8 @@ def train_official(networks, config, workdir: pathlib.Path, threads: int | None,
 
     official = official_step(networks, config, threads=threads)
     source = data_lib.get_source(config)
-    batches = data_lib.make_train_iterator(
-        source,
-        img_size=config.img_size,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        crop_margin=config.crop_margin,
-        num_workers=config.num_workers,
-        process_index=0,
-        process_count=1,
-    )
+    # the pipeline train.py builds (config_options), on this one process
+    batches = data_lib.make_train_iterator(source, **data_lib.config_options(config), process_index=0, process_count=1)
     to_torch = lambda x: torch.from_numpy(np.transpose(x.astype(np.float32) / 127.5 - 1.0, (0, 3, 1, 2)).copy())
     log = open(workdir / "official_losses.jsonl", "w")  # noqa: SIM115
     start = time.perf_counter()
