@@ -19,6 +19,7 @@ import os
 import sys
 
 from ugatit_jax.cli import Parser, UsageError, make_main
+from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
 
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="a train.py run folder")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--direction", required=True, choices=("A2B", "B2A"))
+    parser.add_argument("--direction", required=True, choices=DIRECTIONS)
     parser.add_argument("--output", required=True, help="file to write the serialized function to")
     return parser
 

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from ugatit_jax.data.transforms import as_model_input
-from ugatit_jax.models.family import REVERSE, Family
+from ugatit_jax.directions import REVERSE
+from ugatit_jax.models.family import Family
 
 
 def translation_state(family: Family, params: Mapping, sn: Mapping) -> dict:

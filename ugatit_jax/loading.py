@@ -23,8 +23,9 @@ import ml_collections
 from flax import nnx
 
 from ugatit_jax.config import ConfigError
+from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.inference import make_cycle_fn, make_translate_fn, translation_state
-from ugatit_jax.models.family import DIRECTIONS, Family, abstract_model, empty_model, get_family
+from ugatit_jax.models.family import Family, abstract_model, empty_model, get_family
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
 # The official releases' default model shapes, for an official checkpoint whose shape flags are not given.

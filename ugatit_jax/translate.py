@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ugatit_jax.cli import UsageError, doc_parser, make_main, warn_line
+from ugatit_jax.directions import DIRECTIONS, domains, label
 from ugatit_jax.inference import default_batch_size
 
 if TYPE_CHECKING:
     from ugatit_jax.loading import Translator
 
 PROG = "python -m ugatit_jax.translate"
-DIRECTIONS = ("A2B", "B2A")
 SHAPE_FLAGS = ("img_size", "ch", "n_res", "n_dis", "light")  # --checkpoint only: the official model's shape
 
 
@@ -200,7 +200,7 @@ def translate_jobs(
     from ugatit_jax.nn.cam import overlay_heatmap
 
     if direction not in DIRECTIONS:
-        raise UsageError(f"--direction {direction}: use A2B or B2A")
+        raise UsageError(f"--direction {direction}: use {' or '.join(DIRECTIONS)}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size {batch_size}: must be positive")
     size = model.img_size
@@ -280,10 +280,9 @@ def write_test_split(model: Translator, source, output: str, *, batch_size: int 
     sections, skipped, counts = [], [], {}
     total = len(source.test_a) + len(source.test_b)
     bar = tqdm(total=total, unit="img", disable=None if progress else True, dynamic_ncols=True)
-    for direction, split, heading in (
-        ("A2B", source.test_a, "A → B (testA translated to domain B)"),
-        ("B2A", source.test_b, "B → A (testB translated to domain A)"),
-    ):
+    for direction, split in zip(DIRECTIONS, (source.test_a, source.test_b)):
+        from_domain, to_domain = domains(direction)
+        heading = f"{label(direction, ' → ')} (test{from_domain} translated to domain {to_domain})"
         batches = iterate_test(split, img_size=size, batch_size=batch)
         images = []
         for real, keys in batches:

@@ -30,21 +30,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ugatit_jax.directions import DIRECTIONS, domains, label
 from ugatit_jax.evaluation import domain_classifier as dc
 from ugatit_jax.evaluation import metrics, retrieval
-from ugatit_jax.evaluation.measures import MEASURES
+from ugatit_jax.evaluation.measures import MEASURES, key
 
 log = logging.getLogger("ugatit_jax")
 
-# (direction, source split, target split, target domain)
-DIRECTIONS = (("A2B", "testA", "testB", "B"), ("B2A", "testB", "testA", "A"))
 # translate(uint8 (n, S, S, 3) batch) -> (n, S, S, 3) translations, float in [-1, 1] or uint8
 Translate = Callable[[np.ndarray], np.ndarray]
-
-
-def key(direction: str, name: str) -> str:
-    """The one naming scheme: ``eval/A2B/target_rate``."""
-    return f"eval/{direction}/{name}"
 
 
 def make_translators(family, graphdefs: dict) -> Callable[[dict], dict[str, Translate]]:
@@ -56,7 +50,7 @@ def make_translators(family, graphdefs: dict) -> Callable[[dict], dict[str, Tran
     fn = make_translate_fn(family, graphdefs)
 
     def bind(state: dict) -> dict[str, Translate]:
-        return {d: functools.partial(_first, fn, state, direction=d) for d in ("A2B", "B2A")}
+        return {d: functools.partial(_first, fn, state, direction=d) for d in DIRECTIONS}
 
     return bind
 
@@ -270,11 +264,13 @@ class Evaluator:
         if not len(test.pairs):
             notes.append(f"top-k retrieval and L1/PSNR/SSIM skipped: {self.source.name} has no known test pairs")
         translate_s = 0.0
-        for name, src, tgt, domain in DIRECTIONS:
+        for name in DIRECTIONS:
+            source, target = domains(name)
+            src, tgt = f"test{source}", f"test{target}"  # the test splits translated from and judged against
             t0 = time.perf_counter()
             fake = self._translate(translators[name], test.images[src])
             translate_s += time.perf_counter() - t0
-            direction_scores, missing = self._direction(fixed, name, src, tgt, domain, fake)
+            direction_scores, missing = self._direction(fixed, name, src, tgt, target, fake)
             scores.update(direction_scores)
             if missing:
                 notes.append(f"{name}: not computable here: {', '.join(missing)}")
@@ -315,10 +311,10 @@ def format_table(record: dict, title: str | None = None) -> str:
         f"{title}: {record['test_images']['testA']} + {record['test_images']['testB']} test images, "
         f"{record['pairs']} pairs; domain classifier held-out accuracy {acc:.1%}",
     ]
-    header = f"{'':<34}" + "".join(f"{d[0] + '->' + d[2]:>9}{'input':>9}" for d, *_ in DIRECTIONS)
+    header = f"{'':<34}" + "".join(f"{label(d, '->'):>9}{'input':>9}" for d in DIRECTIONS)
     lines += [header, "-" * len(header)]
     for m in MEASURES:
-        cells = [(scores.get(key(d, m.name)), scores.get(key(d, m.name + "_input"))) for d, *_ in DIRECTIONS]
+        cells = [(scores.get(key(d, m.name)), scores.get(key(d, m.name + "_input"))) for d in DIRECTIONS]
         if all(a is None and b is None for a, b in cells):
             continue
         lines.append(f"{m.label:<34}" + "".join(_cell(a, m.spec, 9) + _cell(b, m.spec, 9) for a, b in cells))

@@ -1,10 +1,15 @@
-"""The evaluation measures, in order, named once for the console table (``evaluator.format_table``) and the HTML
-report (``report.py``), so both show the same measures in the same order (the report need not import the
-evaluator and its dependencies to read them)."""
+"""The evaluation measures, in order, and their score keys, named once for the console table
+(``evaluator.format_table``) and the run's HTML page (``run_report.py``), so both show the same measures in the same
+order (the page need not import the evaluator and its dependencies to read them)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+
+def key(direction: str, name: str) -> str:
+    """The one naming scheme of the scores: ``eval/A2B/target_rate`` (``..._input`` for the untranslated input)."""
+    return f"eval/{direction}/{name}"
 
 
 class Measure(NamedTuple):

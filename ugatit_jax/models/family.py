@@ -22,9 +22,6 @@ from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.jit_init import jit_init
 
-DIRECTIONS = ("A2B", "B2A")
-REVERSE = {"A2B": "B2A", "B2A": "A2B"}
-
 Translation = tuple[jax.Array, jax.Array, jax.Array]  # image, cam_logit, heatmap
 
 

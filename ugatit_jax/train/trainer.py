@@ -26,6 +26,7 @@ import numpy as np
 from ugatit_jax import data as data_lib
 from ugatit_jax.compilation_cache import enable_compilation_cache
 from ugatit_jax.config import ConfigError, validate
+from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
@@ -176,11 +177,11 @@ class Sampler:
 
     def __init__(self, config, source, graphdefs, workdir: str):
         n = config.num_samples
+        splits = {"train": (source.train_a, source.train_b), "test": (source.test_a, source.test_b)}  # A, B
         self.images = {
-            ("train", "A2B"): _spread_images(source.train_a, n, config.img_size),
-            ("train", "B2A"): _spread_images(source.train_b, n, config.img_size),
-            ("test", "A2B"): _spread_images(source.test_a, n, config.img_size),
-            ("test", "B2A"): _spread_images(source.test_b, n, config.img_size),
+            (name, direction): _spread_images(images, n, config.img_size)
+            for name, pair in splits.items()
+            for direction, images in zip(DIRECTIONS, pair)
         }
         self.family = get_family(config)
         self.fn = make_cycle_fn(self.family, graphdefs)
@@ -268,7 +269,7 @@ def finish_run(workdir: str) -> None:
             format_table(record, f"step {record.get('step')}: {record['dataset']} test split"),
         )
     try:
-        from ugatit_jax.report import write_report
+        from ugatit_jax.evaluation.run_report import write_report
 
         log.info("run report: %s", write_report(workdir))
     except (OSError, ValueError) as error:
