@@ -128,7 +128,7 @@ def test_unpaired_dataset_notes_that_paired_metrics_are_skipped(run):
     [
         (["--inception-weights", "{missing}"], None, "--inception-weights={missing}: file not found"),
         ([], "{missing}", f"{evaluate.WEIGHTS_ENV}={{missing}}: file not found"),
-        (["--inception-weights", "{junk}"], None, "cannot be read as a torch state dict"),
+        (["--inception-weights", "{junk}"], None, "not a readable PyTorch file"),
         (["--kid-subsets", "0"], None, "--kid-subsets 0: must be at least 1"),
     ],
 )

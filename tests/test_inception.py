@@ -378,7 +378,7 @@ def test_wrong_shape_names_key_and_shapes(tmp_path, fid_pair):
     msg = str(e.value)
     assert str(path) in msg
     assert "'Mixed_6b.branch7x7_2.conv.weight'" in msg
-    assert "expected (128, 128, 1, 7), found (128, 128, 7, 1)" in msg
+    assert "the model expects (128, 128, 1, 7), the file has (128, 128, 7, 1)" in msg
 
 
 def test_missing_key_is_named(tmp_path, fid_pair):
@@ -426,7 +426,7 @@ def test_rejected_file_leaves_module_untouched(fid_pair):
     before = inc.module_state_dict(model)
     sd = {k: v.numpy() for k, v in _good_sd(fid_pair).items()}
     sd["fc.bias"] = np.zeros(1000, np.float32)  # torchvision's 1000-class head
-    with pytest.raises(ValueError, match=r"'fc\.bias'.*expected \(1008,\), found \(1000,\)"):
+    with pytest.raises(ValueError, match=r"'fc\.bias'.*expects \(1008,\), the file has \(1000,\)"):
         inc.assign_state_dict(model, sd)
     after = inc.module_state_dict(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)

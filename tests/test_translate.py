@@ -123,8 +123,14 @@ def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(ru
     argv = ["--checkpoint", str(pt), "--direction", "B2A", "--input", str(image)]
     assert main([*argv, "--output", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error: --checkpoint=" in err and "missing key genA2B." in err
+    assert err.count("\n") == 1 and "error: --checkpoint=" in err and "missing key 'genA2B." in err
     assert "img_size 256, ch 64, n_res 4, full" in err
+    # A file torch refuses is named as such, without the shape advice that cannot help.
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    argv = ["--checkpoint", str(tmp_path / "junk.pt"), "--direction", "B2A", "--input", str(image)]
+    assert main([*argv, "--output", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable PyTorch file" in err and "shape flags" not in err
 
 
 def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, capsys):

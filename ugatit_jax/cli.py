@@ -77,7 +77,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
     from ugatit_jax.config import ConfigError
     from ugatit_jax.data import DatasetError
-    from ugatit_jax.interop.torch_import import CheckpointMismatchError
+    from ugatit_jax.interop.state_dict import CheckpointMismatchError
     from ugatit_jax.train.checkpoints import CheckpointError
 
     return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)

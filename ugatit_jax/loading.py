@@ -178,7 +178,11 @@ def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.Confi
 
 def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translator:
     """The translating networks of an official PyTorch checkpoint (only those are built and read)."""
-    from ugatit_jax.interop.torch_import import CheckpointMismatchError, load_official_checkpoint
+    from ugatit_jax.interop.torch_import import (
+        CheckpointMismatchError,
+        load_official_checkpoint,
+        read_official_checkpoint,
+    )
 
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
@@ -190,7 +194,11 @@ def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translat
     described = ", ".join(f"{k} {config[k]}" for k in PAPER_SHAPE[model] if k != "light")
     described += ", light" if config.light else ", full"
     try:
-        load_official_checkpoint(net, path, networks=names)
+        dicts = read_official_checkpoint(path)
+    except CheckpointMismatchError as error:  # not a file of state dicts: the shape flags cannot help
+        raise CheckpointMismatchError(f"--checkpoint: {error}") from error
+    try:
+        load_official_checkpoint(net, dicts, networks=names)
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(
             f"--checkpoint={path}: {error}; the model was built as {model} ({described}): pass the shape flags "

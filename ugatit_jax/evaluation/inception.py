@@ -24,6 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ugatit_jax.interop.state_dict import (
+    CheckpointMismatchError,
+    Entry,
+    conv_to_ours,
+    conv_to_torch,
+    identity,
+    load_state_dict,
+    state_dict,
+    torch_load,
+    torch_save,
+    transpose,
+)
+
 __all__ = [
     "FID_WEIGHTS_FILENAME",
     "FID_WEIGHTS_URL",
@@ -364,85 +377,44 @@ def _named_basic_convs(module: nnx.Module, prefix: str = "") -> Iterator[tuple[s
             yield from _named_basic_convs(child, prefix + name + ".")
 
 
-def _slots(module: nnx.Module) -> Iterator[tuple[str, nnx.Variable, Callable, Callable]]:
-    """Every (torch key, NNX variable, to_nnx, to_torch) of a module, in torch order."""
-    ident = lambda a: a
-    oihw_to_hwio = lambda a: np.transpose(a, (2, 3, 1, 0))
-    hwio_to_oihw = lambda a: np.transpose(a, (3, 2, 0, 1))
+def _entries(module: nnx.Module) -> Iterator[Entry]:
+    """The pytorch-fid key mapping of a module (the whole network, or a single block), in torch order."""
     for name, bc in _named_basic_convs(module):
-        yield f"{name}.conv.weight", bc.conv.kernel, oihw_to_hwio, hwio_to_oihw
-        yield f"{name}.bn.weight", bc.bn.scale, ident, ident
-        yield f"{name}.bn.bias", bc.bn.bias, ident, ident
-        yield f"{name}.bn.running_mean", bc.bn.mean, ident, ident
-        yield f"{name}.bn.running_var", bc.bn.var, ident, ident
+        yield f"{name}.conv.weight", _getter(bc.conv.kernel), conv_to_ours, conv_to_torch
+        for key, var in (("weight", bc.bn.scale), ("bias", bc.bn.bias), ("running_mean", bc.bn.mean)):
+            yield f"{name}.bn.{key}", _getter(var), identity, identity
+        yield f"{name}.bn.running_var", _getter(bc.bn.var), identity, identity
     fc = getattr(module, "fc", None)
     if isinstance(fc, nnx.Linear):
-        yield "fc.weight", fc.kernel, np.transpose, np.transpose
-        yield "fc.bias", fc.bias, ident, ident
+        yield "fc.weight", _getter(fc.kernel), transpose, transpose
+        yield "fc.bias", _getter(fc.bias), identity, identity
+
+
+def _getter(var: nnx.Variable):
+    return lambda: var
 
 
 def module_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
     """Torch-layout float32 arrays keyed like pytorch-fid (works for a single block too)."""
-    return {
-        key: np.ascontiguousarray(to_torch(np.asarray(var.get_value())), dtype=np.float32)
-        for key, var, _, to_torch in _slots(module)
-    }
-
-
-def _is_bn_counter(key: str) -> bool:
-    return key.endswith(".bn.num_batches_tracked")
+    return state_dict(_entries(module))
 
 
 def assign_state_dict(
     module: nnx.Module, state_dict: Mapping[str, np.ndarray], *, source: str = "state dict"
 ) -> nnx.Module:
-    """Copy torch-layout arrays into ``module`` in place after checking every key and shape.
-
-    All checks run before anything is written, so a rejected file leaves the
-    module untouched. ``*.bn.num_batches_tracked`` (a training counter some
-    torch versions save) is accepted and ignored.
-    """
-    slots = list(_slots(module))
-    expected = {key: (var, to_nnx) for key, var, to_nnx, _ in slots}
+    """Copy torch-layout arrays into ``module`` in place after checking every key and shape (``state_dict.py``:
+    a rejected file leaves the module untouched). ``*.bn.num_batches_tracked`` (a training counter some torch
+    versions save) is accepted and ignored beside its batch norm."""
+    entries = list(_entries(module))
+    expected = {key for key, *_ in entries}
+    counters = {k for k in state_dict if k.endswith(_BN_COUNTER) and k.removesuffix(_BN_COUNTER) + "weight" in expected}
+    weights = {k: v for k, v in state_dict.items() if k not in counters}
     hint = f" ({source} does not look like pytorch-fid's {FID_WEIGHTS_FILENAME}; get it from {FID_WEIGHTS_URL})"
-    for key, value in state_dict.items():
-        if _is_bn_counter(key):
-            if key[: -len("num_batches_tracked")] + "weight" not in expected:
-                raise ValueError(f"{source}: unexpected key {key!r}" + hint)
-            continue
-        if key not in expected:
-            raise ValueError(f"{source}: unexpected key {key!r}" + hint)
-        var, _ = expected[key]
-        shape = tuple(np.shape(value))
-        want = _torch_shape(key, var)
-        if shape != want:
-            raise ValueError(f"{source}: wrong shape for key {key!r}: expected {want}, found {shape}" + hint)
-    for key, _, _, _ in slots:
-        if key not in state_dict:
-            raise ValueError(f"{source}: missing key {key!r}" + hint)
-    for key, var, to_nnx, _ in slots:
-        arr = np.asarray(state_dict[key], dtype=np.float32)
-        var.set_value(jnp.asarray(to_nnx(arr)))
+    load_state_dict(entries, weights, source=source, hint=hint)
     return module
 
 
-def _torch_shape(key: str, var: nnx.Variable) -> tuple[int, ...]:
-    shape = tuple(var.get_value().shape)
-    if key.endswith(".conv.weight"):  # HWIO -> OIHW
-        return (shape[3], shape[2], shape[0], shape[1])
-    if key == "fc.weight":  # (in, out) -> (out, in)
-        return shape[::-1]
-    return shape
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError as e:  # torch is an optional extra, only needed to read .pth files
-        raise ImportError(
-            "Reading or writing pytorch-fid .pth weight files needs PyTorch: pip install 'ugatit-jax[torch]'"
-        ) from e
-    return torch
+_BN_COUNTER = "num_batches_tracked"
 
 
 def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> InceptionV3:
@@ -458,33 +430,20 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> 
             f"(the pytorch-fid GitHub release asset) from {FID_WEIGHTS_URL} and pass its path; "
             "nothing is downloaded automatically."
         )
-    torch = _import_torch()
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: cannot be read as a torch state dict with weights_only=True "
-            f"({type(e).__name__}: {e}). Expected pytorch-fid's {FID_WEIGHTS_FILENAME} "
-            f"from {FID_WEIGHTS_URL}."
-        ) from e
-    if not isinstance(raw, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()
-    ):
-        raise ValueError(
-            f"{path}: expected a flat state dict of tensors (as pytorch-fid's "
-            f"{FID_WEIGHTS_FILENAME}), got {type(raw).__name__}"
-            + (f" with keys {list(raw)[:5]}" if isinstance(raw, Mapping) else "")
+    hint = f"; expected pytorch-fid's {FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL}"
+    raw = torch_load(path, hint=hint)
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in raw.items()):
+        keys = f" with keys {list(raw)[:5]}" if isinstance(raw, Mapping) else ""
+        raise CheckpointMismatchError(
+            f"{path}: expected a flat state dict of tensors, got {type(raw).__name__}{keys}{hint}"
         )
-    state = {k: v.detach().cpu().numpy() for k, v in raw.items()}
     model = InceptionV3(rngs=nnx.Rngs(0), precision=precision)
-    return assign_state_dict(model, state, source=path)
+    return assign_state_dict(model, raw, source=path)
 
 
 def save_pytorch_fid_format(model: InceptionV3, path: str | os.PathLike) -> None:
     """Write ``model`` as a pytorch-fid-compatible state dict (inverse of the loader)."""
-    torch = _import_torch()
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in module_state_dict(model).items()}
-    torch.save(sd, os.fspath(path))
+    torch_save(module_state_dict(model), path)
 
 
 # ----------------------------------------------------------------------------

@@ -12,50 +12,28 @@ a table built from the network itself (so every depth/width works), with the lay
 * the full generator's first MLP layer ``FC.0`` sees a channel-major (C, H, W) flatten in torch and a
   (H, W, C) flatten here, so its input rows are permuted.
 
-torch is an optional dependency, imported only to read or write ``.pt`` files, always with
+Reading, checking and writing are ``state_dict.py``'s, shared with the Inception network: this module only lists
+each network's entries. torch is an optional dependency, imported only to read or write ``.pt`` files, always with
 ``weights_only=True`` (no arbitrary unpickling).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ugatit_jax.interop import state_dict as sd_lib
+from ugatit_jax.interop.state_dict import CheckpointMismatchError, Entry, conv_to_ours, conv_to_torch, identity
 from ugatit_jax.models.nice import NICE, NiceDiscriminator, NiceGenerator
 from ugatit_jax.models.ugatit import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit the model built from the config."""
-
-
-# A mapping entry: torch key, our variable (reached by a getter), and the two layout conversions. They use only
-# array methods (.transpose, .reshape, .T), so they run in numpy when reading or writing a checkpoint (an eager
-# jnp op would compile one XLA program per weight shape: seconds for a model) and trace under jax.eval_shape.
-Entry = tuple[str, Callable[[], nnx.Variable], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
-
-
-def _identity(a):
-    return a
-
-
-def _conv_to_ours(w):
-    return w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-
-
-def _conv_to_torch(k):
-    return k.transpose(3, 2, 0, 1)
-
-
-def _linear_to_ours(w):
-    return w.T
+# What a network that does not fit an official file most likely means.
+HINT = "; was it made with another model family, or other ch, n_res, light, img_size or discriminator depths?"
 
 
 def _chan_to_ours(w):
@@ -77,7 +55,7 @@ def _rho_pair_to_torch(r):
 def _v_converters(kernel_shape):
     """torch orders spectral-norm v as (I, kh, kw); we use (kh, kw, I)."""
     if len(kernel_shape) == 2:
-        return _identity, _identity
+        return identity, identity
     kh, kw, cin, _ = kernel_shape
 
     def to_ours(v):
@@ -95,21 +73,21 @@ def _var(getter_owner, name):
 
 def _plain(key: str, layer) -> Iterator[Entry]:
     conv = isinstance(layer, nnx.Conv)
-    to_ours, to_torch = (_conv_to_ours, _conv_to_torch) if conv else (_linear_to_ours, _linear_to_ours)
+    to_ours, to_torch = (conv_to_ours, conv_to_torch) if conv else (sd_lib.transpose, sd_lib.transpose)
     yield key + ".weight", _var(layer, "kernel"), to_ours, to_torch
     if layer.bias is not None:
-        yield key + ".bias", _var(layer, "bias"), _identity, _identity
+        yield key + ".bias", _var(layer, "bias"), identity, identity
 
 
 def _spectral(key: str, sn: SpectralNorm) -> Iterator[Entry]:
     layer = sn.layer
     conv = isinstance(layer, nnx.Conv)
-    to_ours, to_torch = (_conv_to_ours, _conv_to_torch) if conv else (_linear_to_ours, _linear_to_ours)
+    to_ours, to_torch = (conv_to_ours, conv_to_torch) if conv else (sd_lib.transpose, sd_lib.transpose)
     v_ours, v_torch = _v_converters(layer.kernel.shape)
     if layer.bias is not None:
-        yield key + ".bias", _var(layer, "bias"), _identity, _identity
+        yield key + ".bias", _var(layer, "bias"), identity, identity
     yield key + ".weight_orig", _var(layer, "kernel"), to_ours, to_torch
-    yield key + ".weight_u", _var(sn, "u"), _identity, _identity
+    yield key + ".weight_u", _var(sn, "u"), identity, identity
     yield key + ".weight_v", _var(sn, "v"), v_ours, v_torch
 
 
@@ -225,7 +203,7 @@ def nice_discriminator_entries(dis: NiceDiscriminator) -> Iterator[Entry]:
     yield from _sn_conv_sequential("model", dis.encoder)
     yield from _spectral("fc", dis.cam.fc)
     yield from _plain("conv1x1", dis.cam.conv1x1)
-    yield "lamda", _var(dis.cam, "lamda"), _identity, _identity
+    yield "lamda", _var(dis.cam, "lamda"), identity, identity
     yield from _sn_conv_sequential("Dis0_0", dis.shared)
     yield from _spectral("Dis0_1.1", dis.local_conv)
     yield from _spectral("conv0", dis.local_out)
@@ -252,56 +230,12 @@ def network_entries(net) -> list[Entry]:
 
 def load_state_dict(net, state_dict: dict, *, prefix: str = "") -> None:
     """Copy an official state dict (numpy or torch tensors) into ``net`` in place; strict about keys and shapes."""
-    entries = network_entries(net)
-    expected = {key for key, *_ in entries}
-    missing = sorted(expected - set(state_dict))
-    if missing:
-        raise CheckpointMismatchError(f"missing key {prefix}{missing[0]} ({len(missing)} missing in all)")
-    unexpected = sorted(set(state_dict) - expected)
-    if unexpected:
-        raise CheckpointMismatchError(
-            f"unexpected key {prefix}{unexpected[0]} ({len(unexpected)} unexpected in all): the checkpoint was made "
-            "with a different architecture or model family (ch, n_res, light, img_size or discriminator depth)"
-        )
-    for key, get_var, to_ours, to_torch in entries:
-        var = get_var()
-        value = np.asarray(_to_numpy(state_dict[key]), dtype=np.float32)
-        expected_torch_shape = _torch_shape(var, to_torch)
-        if value.shape != expected_torch_shape:
-            raise CheckpointMismatchError(
-                f"shape mismatch for {prefix}{key}: the model expects {expected_torch_shape}, the checkpoint has "
-                f"{value.shape}; check ch, n_res, light, img_size and the discriminator depths of the config"
-            )
-        var[...] = jnp.asarray(np.asarray(to_ours(value), dtype=var[...].dtype))  # numpy: no XLA program
-
-
-def _torch_shape(var: nnx.Variable, to_torch) -> tuple[int, ...]:
-    """The torch-layout shape of ``var``, derived without materialising it (FC.0 can hold 268M floats)."""
-    return tuple(jax.eval_shape(to_torch, jax.ShapeDtypeStruct(var[...].shape, jnp.float32)).shape)
+    sd_lib.load_state_dict(network_entries(net), state_dict, prefix=prefix, hint=HINT)
 
 
 def state_dict(net) -> dict[str, np.ndarray]:
     """The official state dict of ``net`` as float32 numpy arrays, torch layouts."""
-    return {
-        key: np.ascontiguousarray(to_torch(np.asarray(get_var()[...], np.float32)))
-        for key, get_var, _, to_torch in network_entries(net)
-    }
-
-
-def _to_numpy(x):
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):  # torch.Tensor
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x)
-
-
-def _import_torch():
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError("reading official .pt checkpoints needs PyTorch: pip install 'ugatit-jax[torch]'") from e
-    return torch
+    return sd_lib.state_dict(network_entries(net))
 
 
 def read_official_checkpoint(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -309,18 +243,14 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, dict[str, np.
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"official checkpoint not found: {path}")
-    torch = _import_torch()
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointMismatchError(f"{path}: not a readable PyTorch checkpoint of tensors ({e})") from e
+    raw = sd_lib.torch_load(path)
     if not isinstance(raw, dict):
         raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found {type(raw).__name__}")
     out = {}
     for name, sd in raw.items():
         # Only state dicts of tensors: NICE-GAN's file also holds optimiser states (nested dicts and lists, no
         # tensor at the top level) and the int ``start_iter``, which are skipped.
-        tensors = {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")} if isinstance(sd, dict) else {}
+        tensors = {k: sd_lib.to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")} if isinstance(sd, dict) else {}
         if tensors:
             out[name] = tensors
     return out
@@ -346,9 +276,4 @@ def official_state_dicts(model: UGATIT | NICE) -> dict[str, dict[str, np.ndarray
 def save_official_checkpoint(model: UGATIT | NICE, path: str | os.PathLike) -> None:
     """Write ``model`` in the official format of its family, loadable by that release's ``load`` (the network
     state dicts only: a NICE-GAN file written here has no optimiser states or ``start_iter``)."""
-    torch = _import_torch()
-    dicts = {
-        name: {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
-        for name, sd in official_state_dicts(model).items()
-    }
-    torch.save(dicts, os.fspath(path))
+    sd_lib.torch_save(official_state_dicts(model), path)
