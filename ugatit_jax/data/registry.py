@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from ugatit_jax.config import DATASETS  # the names config.dataset takes, checked with the other config keys
 from ugatit_jax.data.errors import DatasetError
 from ugatit_jax.data.source import UnpairedSource
-
-DATASETS = ("emoji", "folder", "tfds", "synthetic")
 
 
 def _option(config, name: str, default=None):
