@@ -24,18 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.interop.state_dict import (
-    CheckpointMismatchError,
-    Entry,
-    conv_to_ours,
-    conv_to_torch,
-    identity,
-    load_state_dict,
-    state_dict,
-    torch_load,
-    torch_save,
-    transpose,
-)
+from ugatit_jax.interop import state_dict as sd_lib
+from ugatit_jax.interop.state_dict import CheckpointMismatchError, Entry, identity
 
 __all__ = [
     "FID_WEIGHTS_FILENAME",
@@ -380,13 +370,13 @@ def _named_basic_convs(module: nnx.Module, prefix: str = "") -> Iterator[tuple[s
 def _entries(module: nnx.Module) -> Iterator[Entry]:
     """The pytorch-fid key mapping of a module (the whole network, or a single block), in torch order."""
     for name, bc in _named_basic_convs(module):
-        yield f"{name}.conv.weight", _getter(bc.conv.kernel), conv_to_ours, conv_to_torch
-        for key, var in (("weight", bc.bn.scale), ("bias", bc.bn.bias), ("running_mean", bc.bn.mean)):
+        yield f"{name}.conv.weight", _getter(bc.conv.kernel), sd_lib.conv_to_ours, sd_lib.conv_to_torch
+        bn = bc.bn
+        for key, var in (("weight", bn.scale), ("bias", bn.bias), ("running_mean", bn.mean), ("running_var", bn.var)):
             yield f"{name}.bn.{key}", _getter(var), identity, identity
-        yield f"{name}.bn.running_var", _getter(bc.bn.var), identity, identity
     fc = getattr(module, "fc", None)
     if isinstance(fc, nnx.Linear):
-        yield "fc.weight", _getter(fc.kernel), transpose, transpose
+        yield "fc.weight", _getter(fc.kernel), sd_lib.transpose, sd_lib.transpose
         yield "fc.bias", _getter(fc.bias), identity, identity
 
 
@@ -396,7 +386,7 @@ def _getter(var: nnx.Variable):
 
 def module_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
     """Torch-layout float32 arrays keyed like pytorch-fid (works for a single block too)."""
-    return state_dict(_entries(module))
+    return sd_lib.state_dict(_entries(module))
 
 
 def assign_state_dict(
@@ -410,7 +400,7 @@ def assign_state_dict(
     counters = {k for k in state_dict if k.endswith(_BN_COUNTER) and k.removesuffix(_BN_COUNTER) + "weight" in expected}
     weights = {k: v for k, v in state_dict.items() if k not in counters}
     hint = f" ({source} does not look like pytorch-fid's {FID_WEIGHTS_FILENAME}; get it from {FID_WEIGHTS_URL})"
-    load_state_dict(entries, weights, source=source, hint=hint)
+    sd_lib.load_state_dict(entries, weights, source=source, hint=hint)
     return module
 
 
@@ -431,7 +421,7 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> 
             "nothing is downloaded automatically."
         )
     hint = f"; expected pytorch-fid's {FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL}"
-    raw = torch_load(path, hint=hint)
+    raw = sd_lib.torch_load(path, hint=hint)
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in raw.items()):
         keys = f" with keys {list(raw)[:5]}" if isinstance(raw, Mapping) else ""
         raise CheckpointMismatchError(
@@ -443,7 +433,7 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> 
 
 def save_pytorch_fid_format(model: InceptionV3, path: str | os.PathLike) -> None:
     """Write ``model`` as a pytorch-fid-compatible state dict (inverse of the loader)."""
-    torch_save(module_state_dict(model), path)
+    sd_lib.torch_save(module_state_dict(model), path)
 
 
 # ----------------------------------------------------------------------------
