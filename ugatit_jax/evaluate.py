@@ -46,8 +46,8 @@ def load_feature_fn(path: str, option: str):
         raise UsageError(f"{option}={path}: file not found; it must be pytorch-fid's {FID_WEIGHTS_FILENAME}")
     try:
         model = load_pytorch_fid_weights(path)
-    except ValueError as error:  # not a torch file, or not the Inception state dict
-        raise UsageError(f"{option}={path}: {error}") from error
+    except ValueError as error:  # not a torch file, or not the Inception state dict; the error names the file
+        raise UsageError(f"{option}: {error}") from error
     return make_feature_fn(model)
 
 
