@@ -12,6 +12,8 @@ from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.jit_init import abstract_module
+from ugatit_jax.nn.spectral_norm import SpectralNorm
+from ugatit_jax.train import optim
 
 # Parity tolerance. Elementwise |ours - ref| <= RTOL * |ref| + RTOL * max(1, max|ref|): the eval-mode
 # discriminators of an *untrained* checkpoint use the never-iterated random u, v, so sigma is tiny and their
@@ -40,6 +42,43 @@ def rel_error(actual, expected) -> float:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     denom = max(float(np.max(np.abs(expected))), 1e-12)
     return float(np.max(np.abs(actual - expected))) / denom
+
+
+def _torch_sn_update(kernel_torch, u, v):
+    """One train-mode forward of torch.nn.utils.spectral_norm on the given weight and vectors."""
+    import torch
+
+    w = torch.from_numpy(kernel_torch)
+    layer = (
+        torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        if w.ndim == 2
+        else torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], bias=False)
+    )
+    layer = torch.nn.utils.spectral_norm(layer)
+    with torch.no_grad():
+        layer.weight_orig.copy_(w)
+        layer.weight_u.copy_(torch.from_numpy(u))
+        layer.weight_v.copy_(torch.from_numpy(v))
+    layer.train()
+    shape = (1, w.shape[1]) if w.ndim == 2 else (1, w.shape[1], w.shape[2] + 1, w.shape[3] + 1)
+    layer(torch.zeros(shape))
+    return layer.weight_u.detach().numpy(), layer.weight_v.detach().numpy()
+
+
+def assert_power_iteration(golden, name: str, dis) -> None:
+    """Every spectral-normalised layer's u, v in ``dis`` after one train-mode call: torch's update of the same
+    starting vectors (the fixture's ``init.pt``); every SpectralNorm of ``dis`` is checked."""
+    init = golden.read("init.pt")[name]
+    ours = torch_import.state_dict(dis)
+    n_sn = 0
+    for key in init:
+        if key.endswith(".weight_orig"):
+            base = key[: -len(".weight_orig")]
+            u, v = _torch_sn_update(init[key], init[base + ".weight_u"], init[base + ".weight_v"])
+            assert_close(ours[base + ".weight_u"], u, what=f"{name}.{base}.weight_u")
+            assert_close(ours[base + ".weight_v"], v, what=f"{name}.{base}.weight_v")
+            n_sn += 1
+    assert n_sn == sum(isinstance(m, SpectralNorm) for _, m in nnx.iter_modules(dis))
 
 
 _ABSTRACT = {}  # (folder, build options) -> (graphdef, shapes) of the fixture's model
@@ -72,6 +111,14 @@ class _Fixture:
 
     def read(self, name):
         return torch_import.read_official_checkpoint(self.dir / name)
+
+    def optimizer(self):
+        """The official Adam of the fixture's config at a constant learning rate (the fixtures take one step)."""
+        c = self.config
+        b1, b2 = c["adam_betas"]
+        return optim.make_optimizer(
+            lr=c["lr"], iterations=1000, decay=False, b1=b1, b2=b2, eps=c["adam_eps"], weight_decay=c["weight_decay"]
+        )
 
 
 class Golden(_Fixture):
@@ -121,6 +168,20 @@ def reordered_sum_outliers(pairs, lr: float, steps: int) -> tuple[int, int, floa
         total += diff.size
         worst = max(worst, float(diff.max()))
     return outliers, total, worst
+
+
+def assert_step_spectral_norm(ours: dict, ref: dict) -> None:
+    """Every spectral-norm vector (``weight_u``, ``weight_v``) of ``after_step.pt`` (``ref``) within 1e-4 relative
+    of ours after the step's train-mode calls."""
+    errors = {
+        f"{n}.{k}": rel_error(ours[n][k], v)
+        for n in ref
+        for k, v in ref[n].items()
+        if k.endswith((".weight_u", ".weight_v"))
+    }
+    assert errors, "fixture has no spectral-norm vectors"
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-4, f"{worst}: relative error {errors[worst]:.3g}"
 
 
 def step_parameter_outliers(ours: dict, ref: dict, lr: float) -> tuple[int, int]:

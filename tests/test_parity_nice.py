@@ -17,13 +17,18 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from golden import NiceGolden, assert_close, nhwc, rel_error, step_parameter_outliers
-from test_parity_forward import _torch_sn_update
+from golden import (
+    NiceGolden,
+    assert_close,
+    assert_power_iteration,
+    assert_step_spectral_norm,
+    nhwc,
+    step_parameter_outliers,
+)
 
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE
-from ugatit_jax.nn.spectral_norm import SpectralNorm
-from ugatit_jax.train import losses, optim
+from ugatit_jax.train import losses
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.updates import Optimisers
@@ -75,18 +80,7 @@ def test_forward(golden, forward, mode, name):
 @pytest.mark.parametrize("name", NICE.DISCRIMINATORS)
 def test_power_iteration_after_train_forward(golden, forward, name):
     """Every spectral-normalised layer's u, v after one train-mode call: torch's update of the same vectors."""
-    dis = getattr(forward[1], name)
-    init = golden.read("init.pt")[name]
-    ours = torch_import.state_dict(dis)
-    n_sn = 0
-    for key in init:
-        if key.endswith(".weight_orig"):
-            base = key[: -len(".weight_orig")]
-            u, v = _torch_sn_update(init[key], init[base + ".weight_u"], init[base + ".weight_v"])
-            assert_close(ours[base + ".weight_u"], u, what=f"{name}.{base}.weight_u")
-            assert_close(ours[base + ".weight_v"], v, what=f"{name}.{base}.weight_v")
-            n_sn += 1
-    assert n_sn == sum(isinstance(m, SpectralNorm) for _, m in nnx.iter_modules(dis))
+    assert_power_iteration(golden, name, getattr(forward[1], name))
 
 
 def test_checkpoint_roundtrip(golden, forward):
@@ -107,15 +101,7 @@ def stepped(golden):
     """One jitted training step from init.pt on the fixture's batch; (official state dicts after it, metrics)."""
     c = golden.config
     model = golden.model()
-    tx = optim.make_optimizer(
-        lr=c["lr"],
-        iterations=1000,
-        decay=False,
-        b1=c["adam_betas"][0],
-        b2=c["adam_betas"][1],
-        eps=c["adam_eps"],
-        weight_decay=c["weight_decay"],
-    )
+    tx = golden.optimizer()
     graphdefs, state = train_state.create_train_state(model, tx, tx)
     step = jax.jit(
         make_nice_train_step(
@@ -140,16 +126,7 @@ def test_step_losses(golden, stepped):
 def test_step_spectral_norm_state(golden, stepped):
     """u, v after the step's four train-mode calls of each discriminator."""
     ours, _ = stepped
-    ref = golden.read("after_step.pt")
-    errors = {
-        f"{n}.{k}": rel_error(ours[n][k], v)
-        for n in ref
-        for k, v in ref[n].items()
-        if k.endswith((".weight_u", ".weight_v"))
-    }
-    assert errors, "fixture has no spectral-norm vectors"
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= 1e-4, f"{worst}: relative error {errors[worst]:.3g}"
+    assert_step_spectral_norm(ours, golden.read("after_step.pt"))
 
 
 def test_step_parameters(golden, stepped):
