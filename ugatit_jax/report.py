@@ -1,11 +1,11 @@
-"""``python -m ugatit_jax.report --workdir RUN``: the run's HTML page (``evaluation/run_report.py``) on demand.
+"""``python -m ugatit_jax.report --workdir RUN``: one HTML page that shows how a run went, without TensorBoard.
 
 ::
 
     python -m ugatit_jax.report --workdir runs/emoji [--output runs/emoji/report.html] [--figures DIR]
 
-The trainer writes the same page to ``RUN/report.html`` at the end of every run. ``--figures DIR`` also writes each
-evaluation plot as ``DIR/<measure>.svg``, for a README or a paper.
+The trainer writes the same page (``evaluation/run_report.py``) to ``RUN/report.html`` at the end of every run.
+``--figures DIR`` also writes each evaluation plot as ``DIR/<measure>.svg``, for a README or a paper.
 """
 
 from __future__ import annotations
