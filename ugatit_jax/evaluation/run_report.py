@@ -1,12 +1,10 @@
 """One HTML page that shows how a run went, without TensorBoard: written by the trainer at the end of every run
-and by ``python -m ugatit_jax.report``.
+(``RUN/report.html``) and by ``python -m ugatit_jax.report``.
 
-The page (``RUN/report.html``, rewritten at the end of every training run) holds the evaluation numbers over
-steps, each beside the untranslated input's (a plot per measure and a table), the loss curves from
-``RUN/metrics.jsonl``, and the latest sample strips from ``RUN/samples``. Plots are inline SVG drawn here: no
-plotting dependency, crisp at any zoom, and the page's only links are relative ones to the strips, so the run
-folder can be moved, zipped or served as it is. ``--figures DIR`` also writes each evaluation plot as
-``DIR/<measure>.svg``, for a README or a paper.
+The page holds the evaluation numbers over steps, each beside the untranslated input's (a plot per measure and a
+table), the loss curves from ``RUN/metrics.jsonl``, and the latest sample strips from ``RUN/samples``. Plots are
+inline SVG drawn here: no plotting dependency, crisp at any zoom, and the page's only links are relative ones to the
+strips, so the run folder can be moved, zipped or served as it is.
 """
 
 from __future__ import annotations
