@@ -31,6 +31,11 @@ class CheckpointMismatchError(ValueError):
     wrongly shaped key."""
 
 
+def attribute(owner, name: str) -> Callable[[], nnx.Variable]:
+    """An entry's getter: ``owner.name`` when the entry is read or written."""
+    return lambda: getattr(owner, name)
+
+
 def identity(a):
     return a
 

@@ -27,7 +27,14 @@ import numpy as np
 from flax import nnx
 
 from ugatit_jax.interop import state_dict as sd_lib
-from ugatit_jax.interop.state_dict import CheckpointMismatchError, Entry, conv_to_ours, conv_to_torch, identity
+from ugatit_jax.interop.state_dict import (
+    CheckpointMismatchError,
+    Entry,
+    attribute,
+    conv_to_ours,
+    conv_to_torch,
+    identity,
+)
 from ugatit_jax.models.nice import NICE, NiceDiscriminator, NiceGenerator
 from ugatit_jax.models.ugatit import N_DOWNSAMPLING, UGATIT, Discriminator, Generator
 from ugatit_jax.nn.spectral_norm import SpectralNorm
@@ -67,16 +74,12 @@ def _v_converters(kernel_shape):
     return to_ours, to_torch
 
 
-def _var(getter_owner, name):
-    return lambda: getattr(getter_owner, name)
-
-
 def _plain(key: str, layer) -> Iterator[Entry]:
     conv = isinstance(layer, nnx.Conv)
     to_ours, to_torch = (conv_to_ours, conv_to_torch) if conv else (sd_lib.transpose, sd_lib.transpose)
-    yield key + ".weight", _var(layer, "kernel"), to_ours, to_torch
+    yield key + ".weight", attribute(layer, "kernel"), to_ours, to_torch
     if layer.bias is not None:
-        yield key + ".bias", _var(layer, "bias"), identity, identity
+        yield key + ".bias", attribute(layer, "bias"), identity, identity
 
 
 def _spectral(key: str, sn: SpectralNorm) -> Iterator[Entry]:
@@ -85,10 +88,10 @@ def _spectral(key: str, sn: SpectralNorm) -> Iterator[Entry]:
     to_ours, to_torch = (conv_to_ours, conv_to_torch) if conv else (sd_lib.transpose, sd_lib.transpose)
     v_ours, v_torch = _v_converters(layer.kernel.shape)
     if layer.bias is not None:
-        yield key + ".bias", _var(layer, "bias"), identity, identity
-    yield key + ".weight_orig", _var(layer, "kernel"), to_ours, to_torch
-    yield key + ".weight_u", _var(sn, "u"), identity, identity
-    yield key + ".weight_v", _var(sn, "v"), v_ours, v_torch
+        yield key + ".bias", attribute(layer, "bias"), identity, identity
+    yield key + ".weight_orig", attribute(layer, "kernel"), to_ours, to_torch
+    yield key + ".weight_u", attribute(sn, "u"), identity, identity
+    yield key + ".weight_v", attribute(sn, "v"), v_ours, v_torch
 
 
 ILN_KEYS = ("rho", "gamma", "beta")  # an ILN's parameters; an AdaILN has rho only
@@ -97,9 +100,9 @@ ILN_KEYS = ("rho", "gamma", "beta")  # an ILN's parameters; an AdaILN has rho on
 def _channels(key: str, module, names=("rho",)) -> Iterator[Entry]:
     for name in names:
         if name == "rho" and getattr(module, "softmax_rho", False):
-            yield f"{key}.rho", _var(module, "rho"), _rho_pair_to_ours, _rho_pair_to_torch
+            yield f"{key}.rho", attribute(module, "rho"), _rho_pair_to_ours, _rho_pair_to_torch
         else:
-            yield f"{key}.{name}", _var(module, name), _chan_to_ours, _chan_to_torch
+            yield f"{key}.{name}", attribute(module, name), _chan_to_ours, _chan_to_torch
 
 
 def _full_fc0(key: str, fc1: nnx.Linear, img_size: int) -> Iterator[Entry]:
@@ -114,7 +117,7 @@ def _full_fc0(key: str, fc1: nnx.Linear, img_size: int) -> Iterator[Entry]:
     def to_torch(k):  # (h*w*C, dim) -> (dim, C*h*w)
         return k.reshape(feat, feat, chans, dim).transpose(3, 2, 0, 1).reshape(dim, -1)
 
-    yield key + ".weight", _var(fc1, "kernel"), to_ours, to_torch
+    yield key + ".weight", attribute(fc1, "kernel"), to_ours, to_torch
 
 
 def _gen_mlp(gen) -> Iterator[Entry]:
@@ -203,7 +206,7 @@ def nice_discriminator_entries(dis: NiceDiscriminator) -> Iterator[Entry]:
     yield from _sn_conv_sequential("model", dis.encoder)
     yield from _spectral("fc", dis.cam.fc)
     yield from _plain("conv1x1", dis.cam.conv1x1)
-    yield "lamda", _var(dis.cam, "lamda"), identity, identity
+    yield "lamda", attribute(dis.cam, "lamda"), identity, identity
     yield from _sn_conv_sequential("Dis0_0", dis.shared)
     yield from _spectral("Dis0_1.1", dis.local_conv)
     yield from _spectral("conv0", dis.local_out)
