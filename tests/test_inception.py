@@ -430,3 +430,11 @@ def test_rejected_file_leaves_module_untouched(fid_pair):
         inc.assign_state_dict(model, sd)
     after = inc.module_state_dict(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_batch_norm_counter_is_ignored_only_beside_its_batch_norm():
+    model = inc.InceptionV3(rngs=nnx.Rngs(4))
+    sd = inc.module_state_dict(model)
+    inc.assign_state_dict(model, {**sd, "Conv2d_1a_3x3.bn.num_batches_tracked": np.zeros((), np.int64)})
+    with pytest.raises(ValueError, match=r"unexpected key 'fc\.num_batches_tracked'"):
+        inc.assign_state_dict(model, {**sd, "fc.num_batches_tracked": np.zeros((), np.int64)})

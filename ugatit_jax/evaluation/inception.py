@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from ugatit_jax.interop import state_dict as sd_lib
-from ugatit_jax.interop.state_dict import CheckpointMismatchError, Entry, identity
+from ugatit_jax.interop.state_dict import CheckpointMismatchError, Entry, attribute, identity
 
 __all__ = [
     "FID_WEIGHTS_FILENAME",
@@ -367,21 +367,20 @@ def _named_basic_convs(module: nnx.Module, prefix: str = "") -> Iterator[tuple[s
             yield from _named_basic_convs(child, prefix + name + ".")
 
 
+_BN_COUNTER = ".bn.num_batches_tracked"  # a training counter some torch versions save beside each batch norm
+_HINT = f"; expected pytorch-fid's {FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL}"  # ends every error of a bad file
+
+
 def _entries(module: nnx.Module) -> Iterator[Entry]:
     """The pytorch-fid key mapping of a module (the whole network, or a single block), in torch order."""
     for name, bc in _named_basic_convs(module):
-        yield f"{name}.conv.weight", _getter(bc.conv.kernel), sd_lib.conv_to_ours, sd_lib.conv_to_torch
-        bn = bc.bn
-        for key, var in (("weight", bn.scale), ("bias", bn.bias), ("running_mean", bn.mean), ("running_var", bn.var)):
-            yield f"{name}.bn.{key}", _getter(var), identity, identity
+        yield f"{name}.conv.weight", attribute(bc.conv, "kernel"), sd_lib.conv_to_ours, sd_lib.conv_to_torch
+        for key, ours in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var")):
+            yield f"{name}.bn.{key}", attribute(bc.bn, ours), identity, identity
     fc = getattr(module, "fc", None)
     if isinstance(fc, nnx.Linear):
-        yield "fc.weight", _getter(fc.kernel), sd_lib.transpose, sd_lib.transpose
-        yield "fc.bias", _getter(fc.bias), identity, identity
-
-
-def _getter(var: nnx.Variable):
-    return lambda: var
+        yield "fc.weight", attribute(fc, "kernel"), sd_lib.transpose, sd_lib.transpose
+        yield "fc.bias", attribute(fc, "bias"), identity, identity
 
 
 def module_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
@@ -397,14 +396,13 @@ def assign_state_dict(
     versions save) is accepted and ignored beside its batch norm."""
     entries = list(_entries(module))
     expected = {key for key, *_ in entries}
-    counters = {k for k in state_dict if k.endswith(_BN_COUNTER) and k.removesuffix(_BN_COUNTER) + "weight" in expected}
-    weights = {k: v for k, v in state_dict.items() if k not in counters}
-    hint = f" ({source} does not look like pytorch-fid's {FID_WEIGHTS_FILENAME}; get it from {FID_WEIGHTS_URL})"
-    sd_lib.load_state_dict(entries, weights, source=source, hint=hint)
+    # counters beside an expected batch norm are dropped; any other stays and is refused as unexpected
+    counted = {
+        k for k in state_dict if k.endswith(_BN_COUNTER) and k.removesuffix(_BN_COUNTER) + ".bn.weight" in expected
+    }
+    weights = {k: v for k, v in state_dict.items() if k not in counted}
+    sd_lib.load_state_dict(entries, weights, source=source, hint=_HINT)
     return module
-
-
-_BN_COUNTER = "num_batches_tracked"
 
 
 def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> InceptionV3:
@@ -420,12 +418,11 @@ def load_pytorch_fid_weights(path: str | os.PathLike, *, precision=_HIGHEST) -> 
             f"(the pytorch-fid GitHub release asset) from {FID_WEIGHTS_URL} and pass its path; "
             "nothing is downloaded automatically."
         )
-    hint = f"; expected pytorch-fid's {FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL}"
-    raw = sd_lib.torch_load(path, hint=hint)
+    raw = sd_lib.torch_load(path, hint=_HINT)
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and hasattr(v, "shape") for k, v in raw.items()):
         keys = f" with keys {list(raw)[:5]}" if isinstance(raw, Mapping) else ""
         raise CheckpointMismatchError(
-            f"{path}: expected a flat state dict of tensors, got {type(raw).__name__}{keys}{hint}"
+            f"{path}: expected a flat state dict of tensors, got {type(raw).__name__}{keys}{_HINT}"
         )
     model = InceptionV3(rngs=nnx.Rngs(0), precision=precision)
     return assign_state_dict(model, raw, source=path)
