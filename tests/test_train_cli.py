@@ -72,8 +72,8 @@ def _abstract_state(config):
     return train_state.abstract_train_state(config, *trainer.make_optimizers(config))[1]
 
 
-def _final_state(workdir):
-    state = _abstract_state(tiny_config())
+def _final_state(workdir, **config):
+    state = _abstract_state(tiny_config(**config))
     ckpt = Checkpointer(str(workdir), async_save=False)
     step = ckpt.latest_step()
     restored, data_state, _ = ckpt.restore(abstract_like(state, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
@@ -94,11 +94,13 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
 
 
 ITERATIONS = 30
-RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=5, log_every=5)
+# With the generator EMA on: its average is part of the state a resume must reproduce bit for bit.
+RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=5, log_every=5, ema_decay=0.9)
 
 
 def test_interrupted_runs_resume_exactly(tmp_path):
-    """SIGTERM (clean save, exit 0), then kill -9, then a plain re-run: same parameters as one uninterrupted run."""
+    """SIGTERM (clean save, exit 0), then kill -9, then a plain re-run: same parameters (and generator average) as
+    one uninterrupted run."""
     flags = tiny_flags(**RUN_FLAGS)
     broken = tmp_path / "broken"
 
@@ -109,7 +111,7 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    stopped_at, _, _ = _final_state(broken)
+    stopped_at, _, _ = _final_state(broken, ema_decay=0.9)
     assert 5 <= stopped_at < ITERATIONS, "the run should have stopped early on SIGTERM"
 
     second = _train(broken, *flags)
@@ -130,9 +132,10 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
 
-    step_ref, state_ref, data_ref = _final_state(tmp_path / "ref")
-    step_b, state_b, data_b = _final_state(broken)
+    step_ref, state_ref, data_ref = _final_state(tmp_path / "ref", ema_decay=0.9)
+    step_b, state_b, data_b = _final_state(broken, ema_decay=0.9)
     assert step_ref == step_b == ITERATIONS
+    assert set(state_b.ema) == {"genA2B", "genB2A"}
     assert data_ref == data_b
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_b), jax.tree.leaves(state_ref)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -19,7 +19,7 @@ def _step(config, mesh):
     trainer._STEPS.clear()
     model = trainer.build_model(config)
     g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, state = train_state.create_train_state(model, g_tx, d_tx)
+    graphdefs, state = train_state.create_train_state(model, g_tx, d_tx, ema=train_state.ema_names(config))
     state = parallel.replicate(state, mesh)
     return trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh)), state
 
@@ -43,7 +43,8 @@ def batches():
 
 
 def test_eight_devices_match_one(batches):
-    """Global batch 8 over 8 fake CPU devices gives the losses and parameters of 1 device with batch 8.
+    """Global batch 8 over 8 fake CPU devices gives the losses, parameters and generator average of 1 device with
+    batch 8.
 
     Tolerance: rtol 1e-5 on losses; on parameters 1e-4 of each tensor's scale plus 0.1% of the distance Adam
     can move a parameter in those steps (lr * steps). The all-reduced loss means sum in a different order, and
@@ -51,13 +52,16 @@ def test_eight_devices_match_one(batches):
     parameters that start at 0 (ILN beta) and have moved only ~lr * steps.
     """
     assert jax.device_count() == 8, "conftest.py should have created 8 fake CPU devices"
-    config = tiny_config(batch_size=8)
+    config = tiny_config(batch_size=8, ema_decay=0.9)  # the generator average too
     one, losses_one = _run(config, jax.devices()[:1], batches[:STEPS])
     eight, losses_eight = _run(config, jax.devices(), batches[:STEPS])
     np.testing.assert_allclose(losses_eight, losses_one, rtol=1e-5)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(eight.params), jax.tree.leaves(one.params)):
         tol = 1e-4 * float(np.max(np.abs(b))) + 1e-3 * config.lr * STEPS
         assert float(np.max(np.abs(a - b))) <= tol, jax.tree_util.keystr(path)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(eight.ema), jax.tree.leaves(one.ema)):
+        tol = 1e-4 * float(np.max(np.abs(b))) + 1e-3 * config.lr * STEPS
+        assert float(np.max(np.abs(a - b))) <= tol, "ema" + jax.tree_util.keystr(path)
     for a, b in zip(jax.tree.leaves(eight.sn), jax.tree.leaves(one.sn)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert int(eight.step) == STEPS

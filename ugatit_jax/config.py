@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.identity_weight = 10.0
     c.cam_weight = 1000.0
     c.recon_weight = 10.0  # NICE-GAN only: L1 of decoding each domain's own code (it has no identity loss)
+    # Exponential moving average of the translating networks' parameters, updated inside the step with the
+    # warm-up min(ema_decay, (1 + t) / (10 + t)); translations (samples, evaluation, translate, export, load) use
+    # it. 0 = off: the official step exactly, and no average in the state or the checkpoints.
+    c.ema_decay = 0.0
     c.seed = 0
     c.init_checkpoint = ""  # an official PyTorch .pt to fine-tune from
 
@@ -125,6 +129,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     need(0 <= c.adam_b1 < 1, "adam_b1", "must lie in [0, 1)")
     need(0 <= c.adam_b2 < 1, "adam_b2", "must lie in [0, 1)")
     need(c.adam_eps > 0, "adam_eps", "must be positive")
+    need(0 <= c.ema_decay < 1, "ema_decay", "must lie in [0, 1) (0 = no average; e.g. 0.999)")
     need(c.gan_type in ("lsgan", "hinge"), "gan_type", "must be 'lsgan' or 'hinge'")
     for key in ("adv_weight", "cycle_weight", "identity_weight", "cam_weight"):
         need(c[key] >= 0, key, "must be >= 0")

@@ -18,6 +18,7 @@ not fit the model: restoring the latest checkpoint moves a damaged one aside to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -140,7 +141,7 @@ class Checkpointer:
         return self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                state=ocp.args.StandardSave(_stored(state)),
                 data=ocp.args.JsonSave(data),
                 config=ocp.args.JsonSave(json.loads(config.to_json())),
             ),
@@ -216,17 +217,21 @@ class Checkpointer:
         # Damage or a different model? The saved array shapes (from metadata) against the run's, checked before
         # any array is read: a restore that fails part-way leaves Orbax's reads running, whose callbacks print
         # tracebacks ("Event loop is closed") while the error unwinds.
-        saved = sorted(self._check(step).values())
+        saved_arrays = self._check(step)
+        saved = sorted(saved_arrays.values())
         wanted = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(abstract_state))
         if saved != wanted:
-            raise CheckpointError(self._misfit(step, _shape_difference(saved, wanted)))
+            detail = _shape_difference(saved, wanted)
+            if _has_ema(saved_arrays) != (getattr(abstract_state, "ema", None) is not None):
+                detail = _ema_misfit(_has_ema(saved_arrays))
+            raise CheckpointError(self._misfit(step, detail))
         restored = self._read(
             step,
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(_stored(abstract_state)),
             data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
         )
-        return restored.state, dict(restored.data or {}), dict(restored.config or {})
+        return _unstored(abstract_state, restored.state), dict(restored.data or {}), dict(restored.config or {})
 
     def restore_part(self, abstract_part, step: int) -> Any:
         """Some of checkpoint ``step``'s state arrays, read alone: ``abstract_part`` is a subtree of the state
@@ -312,6 +317,31 @@ def _shape_difference(saved: list[tuple[int, ...]], wanted: list[tuple[int, ...]
         f"{len(saved)} arrays saved, {len(wanted)} in the model; shapes only saved: {listed(only_saved) or 'none'}; "
         f"only in the model: {listed(only_wanted) or 'none'}"
     )
+
+
+def _stored(state):
+    """The tree Orbax stores for a train state: its array fields by name, without an absent parameter average
+    (``ema`` None), so a run without EMA writes and reads exactly the checkpoints written before EMA existed.
+    Any other tree is stored as it is."""
+    if not dataclasses.is_dataclass(state):
+        return state
+    fields = (f.name for f in dataclasses.fields(state) if f.metadata.get("pytree_node", True))
+    return {name: getattr(state, name) for name in fields if getattr(state, name) is not None}
+
+
+def _unstored(like, stored):
+    """``_stored``'s inverse: the restored fields back in a state of ``like``'s type and static fields."""
+    return like.replace(**stored) if dataclasses.is_dataclass(like) else stored
+
+
+def _has_ema(saved_arrays: dict) -> bool:
+    return any(path.startswith("ema/") for path in saved_arrays)
+
+
+def _ema_misfit(saved_has_ema: bool) -> str:
+    if saved_has_ema:
+        return "it keeps a parameter average (EMA) and this run does not: add --config.ema_decay=<its value>"
+    return "this run keeps a parameter average (EMA) and the checkpoint does not: resume with --config.ema_decay=0"
 
 
 def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:

@@ -50,7 +50,7 @@ def make_nice_train_step(
     """Returns ``train_step(state, batch) -> (state, metrics)`` for a ``NICE`` model's state; jit it (see
     ``parallel.jit_train_step``). Metrics: ``d_loss``, ``g_loss``, every loss term, both gradient norms and, with
     a learning-rate schedule, ``lr``."""
-    g_tx, d_tx, lr_schedule = optimisers
+    g_tx, d_tx = optimisers.g_tx, optimisers.d_tx
     objective = objective or losses.NICEObjective()  # the official weights
     adv_weight, gan_type = objective.adv_weight, objective.gan_type
     generator_loss = functools.partial(losses.nice_generator_loss, **objective.as_kwargs())
@@ -112,6 +112,6 @@ def make_nice_train_step(
         g_params, g_opt = optimiser_step(g_tx, g_grads, state.g_opt, g_params)
 
         d = Update(d_loss, d_terms, d_grads, d_params, d_opt)
-        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, lr_schedule)
+        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, optimisers)
 
     return train_step

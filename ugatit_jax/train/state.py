@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ugatit_jax.models.family import abstract_model
+from ugatit_jax.models.family import abstract_model, get_family
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn.spectral_norm import PowerIterationState
 
@@ -36,6 +36,9 @@ class TrainState:
     # Static: part of the tree structure, not leaves (no arrays in checkpoints, no retrace between steps).
     g_names: tuple[str, ...] = flax.struct.field(pytree_node=False, default=G_NAMES)
     d_names: tuple[str, ...] = flax.struct.field(pytree_node=False, default=D_NAMES)
+    # The translating networks' parameters, averaged over the steps (``config.ema_decay`` > 0), or None: no leaves,
+    # so a run without EMA has exactly the state, the step program and the checkpoints it had before EMA existed.
+    ema: dict[str, nnx.State] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -64,22 +67,33 @@ def split_model(model) -> tuple[dict[str, nnx.GraphDef], dict[str, nnx.State], d
     return graphdefs, params, sn
 
 
+def ema_names(config) -> tuple[str, ...]:
+    """The networks whose parameters a run averages: every network a translation reads (U-GAT-IT's generators;
+    NICE-GAN's generators and discriminator-encoders), or none when ``config.ema_decay`` is 0 (or absent: runs
+    saved before EMA)."""
+    return get_family(config).translating if config.get("ema_decay", 0.0) > 0 else ()
+
+
 def create_train_state(
-    model, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
+    model, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *, ema: tuple[str, ...] = ()
 ) -> tuple[dict[str, nnx.GraphDef], TrainState]:
-    """(graph definitions, initial state) for a ``UGATIT`` or ``NICE`` model."""
+    """(graph definitions, initial state) for a ``UGATIT`` or ``NICE`` model; ``ema`` names the networks whose
+    parameters the state averages (``ema_names``), starting from their initial values."""
     graphdefs, params, sn = split_model(model)
     g_names, d_names = _names(model)
 
-    # One program for the step counter and both optimisers' zeroed moments: eagerly, every distinct parameter
-    # shape compiled (or loaded from the persistent cache) a program of its own, ~20 per start of the tiny model.
+    # One program for the step counter, both optimisers' zeroed moments and the average's start: eagerly, every
+    # distinct parameter shape compiled (or loaded from the persistent cache) a program of its own.
     @jax.jit
     def init(params):
         g_opt, d_opt = g_tx.init({n: params[n] for n in g_names}), d_tx.init({n: params[n] for n in d_names})
-        return jnp.zeros((), jnp.int32), g_opt, d_opt
+        average = {n: jax.tree.map(jnp.copy, params[n]) for n in ema} or None  # own buffers: the step donates both
+        return jnp.zeros((), jnp.int32), g_opt, d_opt, average
 
-    step, g_opt, d_opt = init(params)
-    state = TrainState(step=step, params=params, sn=sn, g_opt=g_opt, d_opt=d_opt, g_names=g_names, d_names=d_names)
+    step, g_opt, d_opt, average = init(params)
+    state = TrainState(
+        step=step, params=params, sn=sn, g_opt=g_opt, d_opt=d_opt, g_names=g_names, d_names=d_names, ema=average
+    )
     return graphdefs, state
 
 
@@ -89,7 +103,9 @@ def abstract_train_state(
     """(graph definitions, shapes of the initial state) of ``config``'s model, without running its random
     initialisation: the target of a checkpoint restore, which fills every array."""
     graphdef, abstract = abstract_model(config)  # traced once per config in a process
-    return nnx.eval_shape(lambda params: create_train_state(nnx.merge(graphdef, params), g_tx, d_tx), abstract)
+    averaged = ema_names(config)
+    build = lambda params: create_train_state(nnx.merge(graphdef, params), g_tx, d_tx, ema=averaged)
+    return nnx.eval_shape(build, abstract)
 
 
 def update_model(model, state: TrainState):
@@ -97,3 +113,10 @@ def update_model(model, state: TrainState):
     for name in state.names:
         nnx.update(getattr(model, name), state.params[name], state.sn[name])
     return model
+
+
+def translating_params(state: TrainState, *, ema: bool = True) -> dict[str, nnx.State]:
+    """The parameters translations use: the average where the run keeps one (and ``ema``), else the trained ones.
+    The spectral-norm vectors stay the trained networks' own (``state.sn``): the averaged kernels are close to the
+    trained ones, and eval-mode spectral norm recomputes sigma = u^T W v from whichever kernel it is given."""
+    return state.ema if ema and state.ema else state.params

@@ -40,7 +40,7 @@ def make_train_step(
     rho_clip=(0.0, 1.0),
 ):
     """Returns ``train_step(state, batch) -> (state, metrics)``; jit it (see ``parallel.jit_train_step``)."""
-    g_tx, d_tx, lr_schedule = optimisers
+    g_tx, d_tx = optimisers.g_tx, optimisers.d_tx
     objective = objective or losses.UGATITObjective()  # the official weights
     adv_weight, gan_type = objective.adv_weight, objective.gan_type
     generator_loss = functools.partial(losses.generator_loss, **objective.as_kwargs())
@@ -123,6 +123,6 @@ def make_train_step(
         g_params = {n: nnx.as_pure(nnx.state(gen[n], nnx.Param)) for n in G_NAMES}
 
         d = Update(d_loss, d_terms, d_grads, d_params, d_opt)
-        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, lr_schedule)
+        return next_state(state, d, Update(g_loss, g_terms, g_grads, g_params, g_opt), d_sn, optimisers)
 
     return train_step

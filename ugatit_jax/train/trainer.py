@@ -37,7 +37,13 @@ from ugatit_jax.train import losses, optim, parallel, step_cache
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
-from ugatit_jax.train.state import TrainState, abstract_train_state, create_train_state
+from ugatit_jax.train.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    ema_names,
+    translating_params,
+)
 from ugatit_jax.train.step import make_train_step
 from ugatit_jax.train.updates import Optimisers
 
@@ -46,7 +52,8 @@ log = logging.getLogger("ugatit_jax")
 
 def make_step(config, graphdefs, g_tx, d_tx):
     """The pure train step of the config's model family, with the config's loss weights."""
-    optimisers = Optimisers(g_tx, d_tx, optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag))
+    schedule = optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag)
+    optimisers = Optimisers(g_tx, d_tx, schedule, config.get("ema_decay", 0.0))
     if get_family(config).name == "nice":
         return make_nice_train_step(graphdefs, optimisers, losses.NICEObjective.from_config(config))
     return make_train_step(graphdefs, optimisers, losses.UGATITObjective.from_config(config))
@@ -57,6 +64,7 @@ def make_step(config, graphdefs, g_tx, d_tx):
 STEP_KEYS = ARCHITECTURE_KEYS + (
     "batch_size", "lr", "iterations", "decay_flag", "adam_b1", "adam_b2", "adam_eps", "weight_decay",
     "adv_weight", "cycle_weight", "identity_weight", "cam_weight", "recon_weight", "gan_type", "shard_state",
+    "ema_decay",
 )  # fmt: skip
 
 
@@ -188,7 +196,7 @@ class Sampler:
         self.dir = os.path.join(workdir, "samples")
 
     def __call__(self, state: TrainState, step: int, writer: SummaryWriter) -> None:
-        nets = jax.device_get(translation_state(self.family, state.params, state.sn))
+        nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
         for (split, direction), images in self.images.items():
             image = strip(jax.device_get(self.fn(nets, images, direction)))
             save_png(image, os.path.join(self.dir, f"{direction}_{split}_{step:07d}.png"))
@@ -206,7 +214,7 @@ class RunEvaluator:
         self.workdir = workdir
 
     def __call__(self, state: TrainState, step: int) -> dict:
-        nets = jax.device_get(translation_state(self.family, state.params, state.sn))
+        nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
         record = self.evaluator(self.bind(nets))
         record = {"model": f"{os.path.basename(self.workdir)} step {step}", "step": step, **record}
         write_record(record, os.path.join(self.workdir, "eval", f"step_{step}.json"))
@@ -332,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.init_checkpoint:
             torch_import.load_official_checkpoint(model, os.path.expanduser(config.init_checkpoint))
             log.info("initialised from official checkpoint %s", config.init_checkpoint)
-        graphdefs, state = create_train_state(model, g_tx, d_tx)
+        graphdefs, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))
         del model
     state_shardings = parallel.state_shardings(state, mesh, config.shard_state)
     if resuming:
