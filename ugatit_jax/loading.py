@@ -136,12 +136,12 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     return config, model, int(step)
 
 
-def load_run(workdir: str, step: int | None = None) -> Translator:
+def load_run(workdir: str, step: int | None = None, *, ema: bool = True) -> Translator:
     """The translating networks of a training run (latest checkpoint, or ``step``).
 
-    Only their parameters and spectral-norm vectors are read from the checkpoint (not the other networks, not
-    the optimiser moments): for the emoji run, the restore takes 0.25 s instead of about 1 s, and no optimiser
-    state is traced.
+    A run trained with ``config.ema_decay`` > 0 keeps an average of their parameters, and translates with it
+    unless ``ema`` is False (the trained parameters themselves). Only those arrays and the spectral-norm vectors
+    are read from the checkpoint (not the other networks, not the optimiser moments).
     """
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
 
@@ -152,11 +152,73 @@ def load_run(workdir: str, step: int | None = None) -> Translator:
         model = nnx.merge(*abstract_model(config))  # shapes only: the target of the restore
         model.eval()
         graphdefs, params, sn = _split_translating(model, family)
+        averaged = ema and config.get("ema_decay", 0.0) > 0
+        field = "ema" if averaged else "params"  # the state's field (``TrainState.ema`` / ``.params``)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        part = ckpt.restore_part(abstract_like({"params": params, "sn": sn}, device), step)
-    state = translation_state(family, part["params"], part["sn"])  # restored onto ``device`` already
-    name = f"{os.path.basename(path)} step {step}"
+        part = ckpt.restore_part(abstract_like({field: params, "sn": sn}, device), step)
+    state = translation_state(family, part[field], part["sn"])  # restored onto ``device`` already
+    name = f"{os.path.basename(path)} step {step}" + (" (EMA)" if averaged else "")
     return Translator(family, graphdefs, state, config.img_size, config, int(step), name)
+
+
+# The models shipped in the package (``load("emoji")``): one folder each, holding the translating networks' arrays
+# (``weights.msgpack``: flax's msgpack serialization, which restores plain arrays and never unpickles), the
+# config they were trained with (``config.json``) and ``MODEL_CARD.md``.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+WEIGHTS_FILE, CONFIG_FILE = "weights.msgpack", "config.json"
+
+
+def pretrained_names() -> list[str]:
+    """The names ``load`` accepts for a shipped model."""
+    if not os.path.isdir(PRETRAINED_DIR):
+        return []
+    names = os.listdir(PRETRAINED_DIR)
+    return sorted(n for n in names if os.path.isfile(os.path.join(PRETRAINED_DIR, n, WEIGHTS_FILE)))
+
+
+def load_pretrained(name: str) -> Translator:
+    """A model shipped in the package, by name (``pretrained_names``); nothing is downloaded."""
+    import json
+
+    from flax import serialization
+
+    if name not in pretrained_names():
+        raise ConfigError(f"--pretrained {name}: no such shipped model; available: {', '.join(pretrained_names())}")
+    folder = os.path.join(PRETRAINED_DIR, name)
+    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+        saved = json.load(f)
+    config = ml_collections.ConfigDict(saved["config"])
+    family = get_family(config)
+    model = nnx.merge(*abstract_model(config))  # shapes only: the arrays come from the file
+    model.eval()
+    graphdefs, params, sn = _split_translating(model, family)
+    with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
+        arrays = serialization.msgpack_restore(f.read())
+    for n in family.translating:
+        try:
+            nnx.replace_by_pure_dict(params[n], arrays[n]["params"])
+            nnx.replace_by_pure_dict(sn[n], arrays[n]["sn"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise ConfigError(f"shipped model {name}: {WEIGHTS_FILE} does not fit its config ({error})") from None
+    state = jax.device_put(translation_state(family, params, sn))
+    return Translator(family, graphdefs, state, config.img_size, config, saved.get("step"), f"pretrained {name}")
+
+
+def save_pretrained(model: Translator, folder: str) -> str:
+    """Write ``model`` (a run's, e.g. ``load_run``) as a shipped-model folder that ``load_pretrained`` reads;
+    returns the weights file's path."""
+    import json
+
+    from flax import serialization
+
+    os.makedirs(folder, exist_ok=True)
+    arrays = {n: {"params": p.to_pure_dict(), "sn": s.to_pure_dict()} for n, (p, s) in model.state.items()}
+    path = os.path.join(folder, WEIGHTS_FILE)
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize(jax.device_get(arrays)))
+    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump({"step": model.step, "source": model.name, "config": model.config.to_dict()}, f, indent=1)
+    return path
 
 
 def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.ConfigDict:
@@ -209,14 +271,21 @@ def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translat
     return Translator.from_model(net, family, config.img_size, name=name)
 
 
-def load(path: str, *, step: int | None = None, model: str = "ugatit", **shape: Any) -> Translator:
-    """A run folder (``train.py --workdir``) or an official ``.pt`` file, as a ``Translator``.
+def load(path: str, *, step: int | None = None, ema: bool = True, model: str = "ugatit", **shape: Any) -> Translator:
+    """A run folder (``train.py --workdir``), an official ``.pt`` file or a shipped model's name (``"emoji"``; an
+    existing file or folder of that name comes first), as a ``Translator``.
 
-    ``step`` picks a run's checkpoint; ``model`` ("ugatit" / "nice") and ``shape`` (``img_size``, ``ch``,
-    ``n_res``, ``light``, ``n_dis``) describe an official checkpoint, defaulting to that release's paper shape.
+    ``step`` picks a run's checkpoint; ``ema=False`` its trained parameters instead of their average (runs
+    trained with ``config.ema_decay`` > 0; others have only the trained ones); ``model`` ("ugatit" / "nice") and
+    ``shape`` (``img_size``, ``ch``, ``n_res``, ``light``, ``n_dis``) describe an official checkpoint, defaulting
+    to that release's paper shape.
     """
     if os.path.isdir(os.path.expanduser(path)):
-        return load_run(path, step)
+        return load_run(path, step, ema=ema)
+    if not os.path.exists(os.path.expanduser(path)) and path in pretrained_names():
+        if step is not None:
+            raise ConfigError(f"step applies to a run folder only; the shipped model {path} holds one step")
+        return load_pretrained(path)
     if step is not None:
         raise ConfigError("step applies to a run folder only; an official checkpoint holds one step")
     return load_official(path, model=model, **shape)
