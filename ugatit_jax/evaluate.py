@@ -2,7 +2,7 @@
 
 ::
 
-    python -m ugatit_jax.evaluate --workdir runs/emoji [--step N] \\
+    python -m ugatit_jax.evaluate --workdir runs/emoji [--step N] \\   (or --pretrained emoji)
         [--inception-weights pt_inception-2015-12-05-6726825d.pth] [--output results.json] \\
         [--kid-subset-size 1000 --kid-subsets 100] [--dataset-dir DIR] [--batch-size N]
 
@@ -53,7 +53,8 @@ def load_feature_fn(path: str, option: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = doc_parser(PROG, __doc__)
-    parser.add_argument("--workdir", required=True, help="a train.py run folder")
+    parser.add_argument("--workdir", help="a train.py run folder")
+    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--dataset-dir", default=None, help="the dataset's folder, if it moved since training")
     parser.add_argument(
@@ -61,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"pytorch-fid's pt_inception-2015-12-05-6726825d.pth (default: ${WEIGHTS_ENV}; none: KID/FID skipped)",
     )
-    parser.add_argument("--output", default=None, help="results JSON (default: WORKDIR/eval/step_<N>.json)")
+    parser.add_argument(
+        "--output", default=None, help="results JSON (default: WORKDIR/eval/step_<N>.json; --pretrained: none)"
+    )
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset (capped at N)")
     parser.add_argument("--kid-subsets", type=int, default=100, help="number of random KID subsets")
     parser.add_argument("--batch-size", type=int, default=None, help="generator batch size (default: 8; 1 on CPU)")
@@ -74,6 +77,10 @@ def _run(args) -> None:
     from ugatit_jax.data import get_source
     from ugatit_jax.evaluation.evaluator import format_table, write_record
 
+    if bool(args.workdir) == bool(args.pretrained):
+        raise UsageError("give exactly one of --workdir RUN and --pretrained NAME")
+    if args.pretrained and args.step is not None:
+        raise UsageError("--step applies to --workdir only; a shipped model holds one step")
     for flag, value, low in (
         ("--kid-subset-size", args.kid_subset_size, 2),
         ("--kid-subsets", args.kid_subsets, 1),
@@ -86,9 +93,9 @@ def _run(args) -> None:
         weights, option = os.environ[WEIGHTS_ENV], WEIGHTS_ENV
     feature_fn = load_feature_fn(weights, option) if weights else None  # fail fast, before translating
 
-    from ugatit_jax.loading import load_run
+    from ugatit_jax.loading import load_pretrained, load_run
 
-    model = load_run(args.workdir, args.step)
+    model = load_pretrained(args.pretrained) if args.pretrained else load_run(args.workdir, args.step)
     config = ml_collections.ConfigDict(model.config.to_dict())
     if args.dataset_dir:
         config.dataset_dir = args.dataset_dir
@@ -103,12 +110,16 @@ def _run(args) -> None:
     )
     if feature_fn is None:
         record["notes"].append(missing_weights_note())
-    record["workdir"] = os.path.abspath(os.path.expanduser(args.workdir))
+    record["workdir"] = os.path.abspath(os.path.expanduser(args.workdir)) if args.workdir else None
     record["inception_weights"] = os.path.abspath(os.path.expanduser(weights)) if weights else None
-    output = args.output or os.path.join(record["workdir"], "eval", f"step_{model.step}.json")
-    write_record(record, output)
+    output = args.output
+    if output is None and args.workdir:
+        output = os.path.join(record["workdir"], "eval", f"step_{model.step}.json")
+    if output:
+        write_record(record, output)
     print(format_table(record, f"{model.name}: {record['dataset']} test split at {record['img_size']} px"))
-    print(f"results written to {output}")
+    if output:
+        print(f"results written to {output}")
 
 
 def evaluate(model, source, **kwargs) -> dict:

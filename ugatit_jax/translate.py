@@ -310,10 +310,11 @@ def write_test_split(model: Translator, source, output: str, *, batch_size: int 
 def _parser() -> argparse.ArgumentParser:
     what = "Translate images with a trained model, or write test-split strips (--test-split)."
     parser = doc_parser(PROG, __doc__, what)
-    model = parser.add_argument_group("model (one of --workdir / --checkpoint)")
+    model = parser.add_argument_group("model (one of --workdir / --checkpoint / --pretrained)")
     model.add_argument("--workdir", help="a train.py run folder; the model shape comes from its saved config")
     model.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
     model.add_argument("--checkpoint", help="an official PyTorch checkpoint (.pt) instead of --workdir")
+    model.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package, e.g. emoji")
     model.add_argument("--model", choices=("ugatit", "nice"), default=None, help="--checkpoint only (default ugatit)")
     model.add_argument("--img-size", type=int, default=None, help="--checkpoint only (default 256)")
     model.add_argument("--ch", type=int, default=None, help="--checkpoint only (default 64)")
@@ -333,10 +334,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_model_args(args) -> None:
-    """The cheap checks of --workdir / --checkpoint (exactly one, flags that fit it, the path exists), up front."""
-    if bool(args.workdir) == bool(args.checkpoint):
-        raise UsageError("give exactly one of --workdir RUN and --checkpoint FILE.pt")
-    if args.workdir:
+    """The cheap checks of --workdir / --checkpoint / --pretrained (exactly one, flags that fit it, the path or name
+    exists), up front."""
+    if sum(bool(x) for x in (args.workdir, args.checkpoint, args.pretrained)) != 1:
+        raise UsageError("give exactly one of --workdir RUN, --checkpoint FILE.pt and --pretrained NAME")
+    if args.pretrained:
+        from ugatit_jax.loading import pretrained_names
+
+        given = [f"--{k.replace('_', '-')}" for k in (*SHAPE_FLAGS, "model", "step") if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{given[0]} does not apply to --pretrained: a shipped model has one shape and step")
+        if args.pretrained not in pretrained_names():
+            names = ", ".join(pretrained_names()) or "none"
+            raise UsageError(f"--pretrained {args.pretrained}: no such shipped model; available: {names}")
+    elif args.workdir:
         given = [f"--{k.replace('_', '-')}" for k in SHAPE_FLAGS if getattr(args, k) is not None]
         given += ["--model"] if args.model is not None else []
         if given:
@@ -354,9 +365,12 @@ def check_model_args(args) -> None:
 
 
 def load_model(args) -> Translator:
-    """From --workdir or --checkpoint; the shape flags of a checkpoint default to its release's paper model."""
-    from ugatit_jax.loading import load_official, load_run
+    """From --workdir, --checkpoint or --pretrained; the shape flags of a checkpoint default to its release's paper
+    model."""
+    from ugatit_jax.loading import load_official, load_pretrained, load_run
 
+    if args.pretrained:
+        return load_pretrained(args.pretrained)
     if args.workdir:
         return load_run(args.workdir, args.step)
     shape = {k: getattr(args, k) for k in SHAPE_FLAGS}
@@ -391,6 +405,8 @@ def _run(args) -> None:
                 "--test-split with --checkpoint needs --dataset-dir ROOT (with testA/ testB/) and --output"
             )
         model = load_model(args)
+        if args.pretrained and not args.output:
+            raise UsageError("--test-split with --pretrained needs --output FOLDER")
         output = args.output or os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "test")
         source = dataset_for_test_split(args, model)
         batch_size = args.batch_size or default_batch_size()

@@ -1,0 +1,30 @@
+"""The shipped emoji model (``load("emoji")``): the demo's networks and data, trained longer with a generator EMA.
+
+    python train.py --config configs/emoji_shipped.py --workdir runs/emoji_shipped
+
+Differences from ``configs/emoji.py``: 5,000 steps with the paper's schedule (constant rate, then linear decay
+to 0 from the half-way point) and ``ema_decay`` 0.999; translations use the averaged weights. The run, its
+machine, wall time and scores are in ``ugatit_jax/pretrained/emoji/MODEL_CARD.md``.
+"""
+
+import importlib.util
+import pathlib
+
+
+def _emoji_config():
+    """``configs/emoji.py`` beside this file (config files are loaded by path, not as a package)."""
+    spec = importlib.util.spec_from_file_location("_emoji_config", pathlib.Path(__file__).with_name("emoji.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    c = _emoji_config()
+    c.iterations = 5000
+    c.decay_flag = True
+    c.ema_decay = 0.999
+    c.sample_every = 500
+    c.eval_every = 1000
+    c.checkpoint_every = 250
+    return c
