@@ -90,6 +90,8 @@ def test_kid_fid_and_paired_metrics_with_input_baseline(run, cli, inception_file
     for name, src, tgt in (("A2B", "testA", "testB"), ("B2A", "testB", "testA")):
         for key in ("kid_x100", "kid_x100_std", "fid", "kid_x100_input", "fid_input", "target_rate", "top1"):
             assert np.isfinite(scores[f"eval/{name}/{key}"]), key
+        assert 0 < scores[f"eval/{name}/hf_ratio"] < np.inf
+        assert scores[f"eval/{name}/hf_ratio_input"] == pytest.approx(metrics.hf_ratio(real[src], real[tgt]))
         # the baseline is the untranslated input against the true target
         assert scores[f"eval/{name}/l1_input"] == pytest.approx(metrics.l1(real[src], real[tgt]))
         assert scores[f"eval/{name}/ssim_input"] == pytest.approx(metrics.ssim(real[src], real[tgt]))
@@ -99,8 +101,9 @@ def test_kid_fid_and_paired_metrics_with_input_baseline(run, cli, inception_file
     table = out.splitlines()
     assert "tiny step 2" in table[0] and table[1].split() == ["A->B", "input", "B->A", "input"]
     rows = {line.split()[0]: line.split()[-4:] for line in table[3:] if line and not line.startswith("note")}
-    assert {"target_rate", "kid_domain", "top1", "top5", "l1", "psnr", "ssim", "kid_x100", "fid"} <= set(rows)
-    assert "-" not in rows["kid_x100"] and "-" not in rows["target_rate"]
+    measures = {"target_rate", "kid_domain", "hf_ratio", "top1", "top5", "l1", "psnr", "ssim", "kid_x100", "fid"}
+    assert measures <= set(rows)
+    assert "-" not in rows["kid_x100"] and "-" not in rows["target_rate"] and "-" not in rows["hf_ratio"]
     assert f"results written to {output}" in out
 
 

@@ -331,3 +331,86 @@ def test_paired_metrics_reject_bad_input():
         metrics.ssim(a[:, :8, :8], a[:, :8, :8])
     with pytest.raises(ValueError, match="uint8 or float"):
         metrics.l1(a.astype(np.int32), a.astype(np.int32))
+
+
+# ----------------------------------------------------------------------------
+# High-frequency energy
+# ----------------------------------------------------------------------------
+
+
+def hf_brute(image_uint8):
+    """Mean |Laplacian| of BT.601 luma in grey levels, pixel by pixel over the interior."""
+    y = image_uint8.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    h, w = y.shape
+    values = [
+        abs(y[i - 1, j] + y[i + 1, j] + y[i, j - 1] + y[i, j + 1] - 4 * y[i, j])
+        for i, j in product(range(1, h - 1), range(1, w - 1))
+    ]
+    return np.mean(values)
+
+
+def discs(seed, n=6, size=32):
+    """Emoji-like test images: a few soft-edged coloured discs on white."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.full((n, size, size, 3), 255.0)
+    for k in range(n):
+        for _ in range(3):
+            cy, cx, r = rng.uniform(6, size - 6, 2).tolist() + [rng.uniform(3, 8)]
+            alpha = np.clip(r - np.hypot(yy - cy, xx - cx), 0, 1)[..., None]  # a 1 px antialiased edge
+            out[k] = (1 - alpha) * out[k] + alpha * rng.uniform(0, 255, 3)
+    return np.round(out).astype(np.uint8)
+
+
+def test_hf_energy_flat_ramp_checkerboard_and_impulse():
+    # No padding: flat images and linear ramps have no edge at the border either.
+    flat = np.full((2, 9, 11, 3), 77, np.uint8)
+    ramp = np.broadcast_to((8 * np.arange(32, dtype=np.uint8))[None, None, :, None], (1, 32, 32, 3))
+    assert metrics.hf_energy(flat) == 0.0 and metrics.hf_energy(ramp) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.hf_energy(np.full((1, 8, 8, 3), 0.3)) == 0.0
+    checker = np.broadcast_to((255 * (np.indices((32, 32)).sum(0) % 2)).astype(np.uint8)[None, ..., None], ramp.shape)
+    assert metrics.hf_energy(checker) == pytest.approx(4 * 255, rel=1e-12)  # every pixel: 4 neighbours 255 away
+    # grey levels of [0, 255] luma: a pure-red impulse in a black 5x5 image; the 3x3 valid region holds the
+    # centre (|-4 x 0.299 x 255|) and its 4 neighbours (0.299 x 255 each)
+    impulse = np.zeros((5, 5, 3), np.uint8)
+    impulse[2, 2, 0] = 255
+    assert metrics.hf_energy(impulse) == pytest.approx(8 * 0.299 * 255 / 9, rel=1e-12)
+
+
+def test_hf_energy_matches_pixel_loop_and_conventions(monkeypatch):
+    rng = np.random.default_rng(13)
+    a = rng.integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    per = metrics.hf_energy(a, reduce=False)
+    np.testing.assert_allclose(per, [hf_brute(x) for x in a], rtol=1e-12)
+    assert metrics.hf_energy(a) == pytest.approx(per.mean(), rel=1e-12)
+    # the same images in [-1, 1] give the same number, on the [0, 255] scale
+    np.testing.assert_allclose(metrics.hf_energy(a.astype(np.float32) / 127.5 - 1, reduce=False), per, rtol=1e-5)
+    monkeypatch.setattr(metrics, "_HF_CHUNK", 2)  # chunking changes nothing
+    np.testing.assert_allclose(metrics.hf_energy(a, reduce=False), per, rtol=1e-15)
+
+
+def test_hf_ratio_one_for_itself_above_for_noise_below_for_blur():
+    real, other = discs(0), discs(1)
+    assert metrics.hf_ratio(real, real) == 1.0
+    assert 0.5 < metrics.hf_ratio(other, real) < 2.0  # the same kind of image: about as busy
+    rng = np.random.default_rng(14)
+    noisy = np.clip(other + rng.normal(0, 12, other.shape), 0, 255).astype(np.uint8)
+    padded = np.pad(other.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = sum(padded[:, i : i + 32, j : j + 32] for i in range(3) for j in range(3)) / 9  # 3x3 box blur
+    blurred = np.round(blurred).astype(np.uint8)
+    base = metrics.hf_ratio(other, real)
+    assert metrics.hf_ratio(noisy, real) > 1.5 * base
+    assert metrics.hf_ratio(blurred, real) < 0.8 * base
+    # the inverse image is exactly as busy (the evaluator's perfect synthetic translation)
+    assert metrics.hf_ratio(255 - real, real) == pytest.approx(1.0, rel=1e-12)
+    with np.errstate(all="raise"):  # a flat reference: no division warning, a non-finite ratio
+        assert metrics.hf_ratio(real, np.full_like(real, 255)) == math.inf
+
+
+def test_hf_energy_rejects_bad_input():
+    with pytest.raises(ValueError, match="RGB images of at least 3x3"):
+        metrics.hf_energy(np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(ValueError, match="RGB images of at least 3x3"):
+        metrics.hf_energy(np.zeros((2, 2, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        metrics.hf_energy(np.full((1, 8, 8, 3), 255.0))

@@ -82,6 +82,7 @@ def test_report_exists_and_links_only_existing_files(run):
         assert os.path.isfile(os.path.join(workdir, *link.split("/"))), link
     assert f"samples/A2B_test_{STEPS:07d}.png" in links
     assert page.count("<svg") >= 8 and "target_rate" in page and "d_loss" in page and "untranslated input" in page
+    assert "hf_ratio: high-frequency energy over real targets" in page and "above: speckled, below: blurred" in page
     # the CLI rewrites the same page
     os.remove(os.path.join(workdir, "report.html"))
     assert report.main(["--workdir", workdir]) == 0
@@ -93,7 +94,7 @@ def test_figures_are_the_pages_evaluation_plots(run, tmp_path, capsys):
     page = open(os.path.join(workdir, "report.html"), encoding="utf-8").read()
     assert report.main(["--workdir", workdir, "--figures", str(tmp_path / "figures")]) == 0
     files = sorted(os.listdir(tmp_path / "figures"))
-    assert {"target_rate.svg", "kid_domain.svg", "top5.svg"} <= set(files), files
+    assert {"target_rate.svg", "kid_domain.svg", "hf_ratio.svg", "top5.svg"} <= set(files), files
     for name in files:
         svg = (tmp_path / "figures" / name).read_text(encoding="utf-8")
         assert svg.startswith("<svg") and svg in page, name

@@ -6,12 +6,13 @@
         [--inception-weights pt_inception-2015-12-05-6726825d.pth] [--output results.json] \\
         [--kid-subset-size 1000 --kid-subsets 100] [--dataset-dir DIR] [--batch-size N]
 
-Per direction, beside the untranslated input's score: the share of translations a domain classifier (trained
-once per dataset on the training splits, cached) takes for the target domain, a KID in that classifier's
-features, and on datasets with known test pairs (emoji) content retrieval top-1/top-5 and L1/PSNR/SSIM against
-the true target (see ``ugatit_jax/evaluation/evaluator.py``). KID x 100 / FID on Inception features are added when
-you pass pytorch-fid's weights file (or set UGATIT_INCEPTION_WEIGHTS); it is never downloaded. Results go to a
-JSON file (default ``RUN/eval/step_<N>.json``, where training writes its own evaluations) and a table.
+Per direction, beside the untranslated input's score: the share of translations a domain classifier (trained once
+per dataset on the training splits, cached) takes for the target domain, a KID in that classifier's features, the
+high-frequency energy relative to real targets (1.0 as busy; above: speckled, below: blurred), and on datasets with
+known test pairs (emoji) content retrieval top-1/top-5 and L1/PSNR/SSIM against the true target (see
+``ugatit_jax/evaluation/evaluator.py``). KID x 100 / FID on Inception features are added when you pass
+pytorch-fid's weights file (or set UGATIT_INCEPTION_WEIGHTS); it is never downloaded. Results go to a JSON file
+(default ``RUN/eval/step_<N>.json``, where training writes its own evaluations) and a table.
 """
 
 from __future__ import annotations

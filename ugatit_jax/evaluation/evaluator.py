@@ -8,13 +8,17 @@ Per direction X->Y on the held-out test images, each number beside its baseline,
   is that held-out accuracy on both test splits: the measure means little below ~95%.
 * ``eval/X2Y/kid_domain``: KID between translations and the real Y test images in the classifier's penultimate
   layer (unbiased MMD^2, cubic kernel, as ``metrics.kid``); lower is more Y-like.
+* ``eval/X2Y/hf_ratio``: high-frequency energy (``metrics.hf_energy``, mean absolute Laplacian of luminance) of
+  the translations over that of the real Y test images: 1.0 is as busy as real Y images, well above is speckled,
+  well below is blurred. The input scores its own split's energy over Y's.
 * ``eval/X2Y/top1``, ``top5`` (datasets with test pairs): content retrieval (``retrieval.py``); the true target
   itself scores 1.
 * ``eval/X2Y/l1``, ``psnr``, ``ssim`` (test pairs): paired against the true target. They reward copying the input
   when the domains differ in geometry (emoji), so read them with the two measures above.
 * ``eval/X2Y/kid_x100``, ``kid_x100_std``, ``fid`` (only given Inception weights): the paper's KID x 100 and FID.
 
-A number that cannot be computed (SSIM below 11 px, the PSNR of identical images, KID with one image) is left
+A number that cannot be computed (SSIM below 11 px, the PSNR of identical images, KID with one image, the
+``hf_ratio`` of flat targets) is left
 out of ``scores`` and named in ``notes``. Everything that does not depend on the generators (test images,
 classifier outputs and content features of the real images, all baselines) is computed once and reused.
 """
@@ -103,6 +107,11 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _ratio(energy: float, reference: float) -> float | None:
+    """``metrics.hf_ratio`` from energies computed once; None (noted) when the real targets are all flat."""
+    return energy / reference if reference > 0 else None
+
+
 def paired_scores(outputs: np.ndarray, targets: np.ndarray) -> dict[str, float | None]:
     """L1 / PSNR / SSIM against the true targets; SSIM needs 11x11 images (its Gaussian window), else None."""
     return {
@@ -170,6 +179,7 @@ class Evaluator:
             score=score,
             logits=logits,
             feats=feats,
+            hf_energy={split: metrics.hf_energy(images) for split, images in test.images.items()},
             inception=inception,
             content=content,
             classifier={
@@ -210,12 +220,14 @@ class Evaluator:
         out = {
             "target_rate": dc.target_rate(logits, domain),
             "kid_domain": self._kid(feats, fixed["feats"][tgt]),
+            "hf_ratio": _ratio(metrics.hf_energy(fake), fixed["hf_energy"][tgt]),
         }
         base = fixed["baseline"].get(name)
         if base is None:
             base = {
                 "target_rate": dc.target_rate(fixed["logits"][src], domain),
                 "kid_domain": self._kid(fixed["feats"][src], fixed["feats"][tgt]),
+                "hf_ratio": _ratio(fixed["hf_energy"][src], fixed["hf_energy"][tgt]),
             }
         if len(test.pairs):
             col_src, col_tgt = (0, 1) if src == "testA" else (1, 0)

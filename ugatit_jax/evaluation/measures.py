@@ -20,7 +20,7 @@ class Measure(NamedTuple):
     better: str  # the report plot's note: what "better" means
 
 
-# target_rate and kid_domain work on any dataset; the rest need test pairs or Inception weights.
+# target_rate, kid_domain and hf_ratio work on any dataset; the rest need test pairs or Inception weights.
 # fmt: off
 MEASURES = tuple(Measure(*row) for row in (
     # (name, console label, console format,
@@ -29,6 +29,9 @@ MEASURES = tuple(Measure(*row) for row in (
      "target_rate: taken for the target domain", "higher is better"),
     ("kid_domain", "kid_domain (classifier features)", ".3f",
      "kid_domain: KID to real targets, classifier features", "lower is better"),
+    ("hf_ratio", "hf_ratio (Laplacian vs real Y)", ".3f",
+     "hf_ratio: high-frequency energy over real targets",
+     "1.0 is as busy as real targets; above: speckled, below: blurred"),
     ("top1", "top1 content retrieval", ".3f",
      "top1: own target nearest in content space", "higher is better"),
     ("top5", "top5 content retrieval", ".3f",
