@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", help="a train.py run folder")
     parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="a run trained with ema_decay: its trained weights, not the average"
+    )
     parser.add_argument("--dataset-dir", default=None, help="the dataset's folder, if it moved since training")
     parser.add_argument(
         "--inception-weights",
@@ -96,7 +99,9 @@ def _run(args) -> None:
 
     from ugatit_jax.loading import load_pretrained, load_run
 
-    model = load_pretrained(args.pretrained) if args.pretrained else load_run(args.workdir, args.step)
+    model = (
+        load_pretrained(args.pretrained) if args.pretrained else load_run(args.workdir, args.step, ema=not args.no_ema)
+    )
     config = ml_collections.ConfigDict(model.config.to_dict())
     if args.dataset_dir:
         config.dataset_dir = args.dataset_dir

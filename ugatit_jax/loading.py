@@ -195,11 +195,14 @@ def load_pretrained(name: str) -> Translator:
     with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
         arrays = serialization.msgpack_restore(f.read())
     for n in family.translating:
-        try:
-            nnx.replace_by_pure_dict(params[n], arrays[n]["params"])
-            nnx.replace_by_pure_dict(sn[n], arrays[n]["sn"])
-        except (KeyError, ValueError, TypeError) as error:
-            raise ConfigError(f"shipped model {name}: {WEIGHTS_FILE} does not fit its config ({error})") from None
+        for target, kind in ((params[n], "params"), (sn[n], "sn")):
+            wanted = [(x.shape, x.dtype) for x in jax.tree.leaves(target)]
+            try:
+                nnx.replace_by_pure_dict(target, arrays[n][kind])
+            except (KeyError, ValueError, TypeError) as error:
+                raise ConfigError(f"shipped model {name}: {WEIGHTS_FILE} does not fit its config ({error})") from None
+            if [(x.shape, x.dtype) for x in jax.tree.leaves(target)] != wanted:
+                raise ConfigError(f"shipped model {name}: {WEIGHTS_FILE} does not fit its config ({n} {kind} shapes)")
     state = jax.device_put(translation_state(family, params, sn))
     return Translator(family, graphdefs, state, config.img_size, config, saved.get("step"), f"pretrained {name}")
 
@@ -212,7 +215,7 @@ def save_pretrained(model: Translator, folder: str) -> str:
     from flax import serialization
 
     os.makedirs(folder, exist_ok=True)
-    arrays = {n: {"params": p.to_pure_dict(), "sn": s.to_pure_dict()} for n, (p, s) in model.state.items()}
+    arrays = {n: {"params": nnx.to_pure_dict(p), "sn": nnx.to_pure_dict(s)} for n, (p, s) in model.state.items()}
     path = os.path.join(folder, WEIGHTS_FILE)
     with open(path, "wb") as f:
         f.write(serialization.msgpack_serialize(jax.device_get(arrays)))

@@ -313,6 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model (one of --workdir / --checkpoint / --pretrained)")
     model.add_argument("--workdir", help="a train.py run folder; the model shape comes from its saved config")
     model.add_argument("--step", type=int, default=None, help="checkpoint step of --workdir (default: latest)")
+    model.add_argument(
+        "--no-ema", action="store_true", help="--workdir trained with ema_decay: its trained weights, not the average"
+    )
     model.add_argument("--checkpoint", help="an official PyTorch checkpoint (.pt) instead of --workdir")
     model.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package, e.g. emoji")
     model.add_argument("--model", choices=("ugatit", "nice"), default=None, help="--checkpoint only (default ugatit)")
@@ -372,7 +375,7 @@ def load_model(args) -> Translator:
     if args.pretrained:
         return load_pretrained(args.pretrained)
     if args.workdir:
-        return load_run(args.workdir, args.step)
+        return load_run(args.workdir, args.step, ema=not args.no_ema)
     shape = {k: getattr(args, k) for k in SHAPE_FLAGS}
     return load_official(os.path.expanduser(args.checkpoint), model=args.model or "ugatit", **shape)
 
