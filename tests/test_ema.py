@@ -133,3 +133,23 @@ def test_load_translates_with_the_average(trained, tmp_path):
     assert image_avg.shape == image_raw.shape == (2, 32, 32, 3)
     assert float(np.max(np.abs(image_avg - image_raw))) > 0
     assert os.path.isdir(tmp_path / "checkpoints")
+
+
+def test_whole_model_takes_the_average_for_the_official_format(trained, tmp_path):
+    """``restore_run`` (every network, for ``.pt`` export): the generators hold the average, or with ema=False the
+    trained parameters; the discriminators are the trained ones either way."""
+    from flax import nnx
+
+    from ugatit_jax.loading import restore_run
+
+    config, states = trained
+    with Checkpointer(str(tmp_path), async_save=False) as ckpt:
+        ckpt.save(2, states[2], {}, config, force=True)
+    for ema, source in ((True, states[2].ema), (False, states[2].params)):
+        _, model, step = restore_run(str(tmp_path), ema=ema)
+        assert step == 2
+        for name in ("genA2B", "genB2A", "disGA"):
+            want = source[name] if name in source else states[2].params[name]
+            got = nnx.state(getattr(model, name), nnx.Param)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_array_equal(a, b)

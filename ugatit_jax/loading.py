@@ -114,11 +114,15 @@ def _step_and_config(ckpt, workdir: str, step: int | None) -> tuple[int, ml_coll
     return step, ml_collections.ConfigDict(ckpt.read_config(step))
 
 
-def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
-    """(config, model in eval mode with the checkpoint's weights, step) of a run, on the default device.
+def restore_run(
+    workdir: str, step: int | None = None, *, ema: bool = True
+) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+    """(config, model in eval mode with the checkpoint's weights, step) of a run, on the default device: every
+    network, e.g. to write the official ``.pt`` format (``interop.torch_import.save_official_checkpoint``).
 
-    The config comes from the checkpoint itself, so the model is rebuilt with the shapes it was trained with.
-    Every network is read; ``load_run`` reads only those a translation needs.
+    The config comes from the checkpoint itself, so the model is rebuilt with the shapes it was trained with. A run
+    trained with ``config.ema_decay`` > 0 gives its translating networks the averaged parameters unless ``ema`` is
+    False. ``load_run`` reads only the networks a translation needs.
     """
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.optim import make_optimizers
@@ -132,6 +136,9 @@ def restore_run(workdir: str, step: int | None = None) -> tuple[ml_collections.C
         device = jax.devices()[0]
         state, _, _ = ckpt.restore(abstract_like(abstract_state, jax.sharding.SingleDeviceSharding(device)), step)
     model = update_model(empty_model(config, device), state)
+    if ema and state.ema:
+        for name, params in state.ema.items():
+            nnx.update(getattr(model, name), params)
     model.eval()
     return config, model, int(step)
 
