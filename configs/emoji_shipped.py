@@ -4,7 +4,7 @@
 
 Differences from ``configs/emoji.py``: 4,000 steps with the paper's schedule (constant rate, then linear decay
 to 0 from the half-way point) and ``ema_decay`` 0.999; translations use the averaged weights. The run, its
-machine, wall time and scores are in ``ugatit_jax/pretrained/emoji/MODEL_CARD.md``.
+machine, wall time and scores are in ``ugatit_jax/weights/emoji/MODEL_CARD.md``.
 """
 
 import importlib.util
