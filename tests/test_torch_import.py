@@ -3,6 +3,7 @@ export/import round trip, official key names and torch layouts, and torch.load o
 
 import ast
 import pathlib
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -117,8 +118,13 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="expected a dict"):
         torch_import.read_official_checkpoint(tmp_path / "tensor.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="not a readable PyTorch file"):
+    with pytest.raises(CheckpointMismatchError, match="not a readable PyTorch file") as error:
         torch_import.read_official_checkpoint(tmp_path / "garbage.pt")
+    assert "neither torch.save's zip archive nor its legacy format" in str(error.value)
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:  # a zip, but not torch's
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointMismatchError, match="zip archive but not one written by torch.save"):
+        torch_import.read_official_checkpoint(tmp_path / "other.pt")
 
 
 class _NotATensor:
@@ -127,8 +133,11 @@ class _NotATensor:
 
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"genA2B": {"x": _NotATensor()}}, tmp_path / "unsafe.pt")
-    with pytest.raises(CheckpointMismatchError, match="not a readable PyTorch file"):
+    with pytest.raises(CheckpointMismatchError, match="not a readable PyTorch file") as error:
         torch_import.read_official_checkpoint(tmp_path / "unsafe.pt")
+    message = str(error.value)
+    assert "never unpickles code" in message and "\n" not in message
+    assert "weights_only" not in message, "torch's advice to disable weights_only must not reach the user"
 
 
 # ---------------------------------------------------------------- export / import

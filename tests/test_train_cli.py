@@ -193,6 +193,19 @@ def test_init_from_official_checkpoint(tmp_path):
             assert np.max(np.abs(after[name][key] - value)) <= 1.01 * config.lr, f"{name}.{key}"
 
 
+class _Payload:
+    """A pickled object in a .pt: torch.load(weights_only=True) refuses it, and so must every entry point."""
+
+
+def test_init_checkpoint_with_pickled_objects_is_one_line(tmp_path):
+    import torch
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"genA2B": {"x": _Payload()}}, unsafe)
+    line = _fails_cleanly(tmp_path / "run", *tiny_flags(), f"--config.init_checkpoint={unsafe}", expect=str(unsafe))
+    assert "never unpickles code" in line and "weights_only" not in line, line
+
+
 def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     """A step that turns the parameters into NaN/inf ends the run with DivergedError (train.py: one error line)
     before that state is saved; the last good checkpoint stays the latest.

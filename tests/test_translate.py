@@ -135,7 +135,7 @@ def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(ru
 
 def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, capsys):
     workdir, _, gens = run
-    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None: gens)  # already covered above; saves time
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None, ema=True: gens)  # already covered above; saves time
     assert main(["--workdir", workdir, "--test-split", "--batch-size", "4"]) == 0
     assert "A2B 2, B2A 2" in capsys.readouterr().out
     out = os.path.join(workdir, "test")
@@ -187,7 +187,7 @@ def test_bad_input_exits_2_with_one_line(run, tmp_path, capsys, argv, message):
 
 def test_unreadable_only_inputs_and_usage_errors(run, tmp_path, monkeypatch, capsys):
     workdir, _, gens = run
-    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None: gens)
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None, ema=True: gens)
     (tmp_path / "bad.jpg").write_bytes(b"garbage")
     assert (
         main(["--workdir", workdir, "--direction", "A2B", "--input", str(tmp_path / "bad.jpg"), "--output", "o"]) == 2

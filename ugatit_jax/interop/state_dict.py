@@ -15,6 +15,7 @@ was. torch is an optional extra, imported only to read or write a file, and alwa
 from __future__ import annotations
 
 import os
+import pickle  # only to recognise torch's refusal to unpickle; nothing here unpickles
 from collections.abc import Callable, Iterable, Mapping
 
 import jax
@@ -119,17 +120,35 @@ def import_torch():
     return torch
 
 
-def torch_load(path: str | os.PathLike, *, hint: str = ""):
-    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses (corrupt, or pickled code) is one
-    ``CheckpointMismatchError`` naming the file."""
-    torch = import_torch()
+def _why_unreadable(path: str, error: Exception) -> str:
+    """What ``path`` is not, in this project's words. torch's own message is not relayed: for a file holding
+    pickled objects it advises re-running with ``weights_only=False``, i.e. running the file's code."""
     try:
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error).lower():
+        return (
+            "it holds pickled Python objects besides tensors, and this program never unpickles code; use a file "
+            "that holds only tensors (a state dict saved with torch.save)"
+        )
+    if head.startswith(b"PK"):
+        return "it is a zip archive but not one written by torch.save (or it is truncated or damaged)"
+    return "it is not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy format)"
+
+
+def torch_load(path: str | os.PathLike, *, hint: str = ""):
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses (corrupt, foreign, or pickled code) is
+    one ``CheckpointMismatchError`` naming the file and what it is not."""
+    torch = import_torch()
+    path = os.fspath(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         raise CheckpointMismatchError(
-            f"{os.fspath(path)}: not a readable PyTorch file of tensors (torch.load with weights_only=True: "
-            f"{type(e).__name__}: {e}){hint}"
-        ) from e
+            f"{path}: not a readable PyTorch file of tensors: {_why_unreadable(path, e)}{hint}"
+        ) from None
 
 
 def torch_save(obj, path: str | os.PathLike) -> None:
