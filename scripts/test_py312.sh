@@ -35,7 +35,7 @@ fi
 cd "$repo"
 # The README's test command, in this venv.
 pip install -q -U pip
-pip install -q torch==2.13.0 -e '.[torch,test]'
+pip install -q torch==2.13.0 -e '.[torch,test,onnx]'
 python -c 'import sys, jax, flax, flax.nnx; print("python", sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__)'
 if [[ $# -eq 0 ]]; then
   set -- -q -n 2 tests

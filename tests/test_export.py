@@ -6,6 +6,7 @@ import sys
 import numpy as np
 from tiny import save_tiny_run
 
+import ugatit_jax.interop
 from ugatit_jax import load
 from ugatit_jax.export import main
 
@@ -47,3 +48,16 @@ def test_export_bad_input_is_one_line(tmp_path, capsys):
     assert main(["--workdir", str(tmp_path / "nope"), "--direction", "A2B", "--output", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: --workdir=" in err
+
+
+def test_onnx_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    """Without jax2onnx, --format onnx names the extra to install, before it reads the run."""
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # ``import jax2onnx`` then fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "ugatit_jax.interop.onnx_export", raising=False)
+    monkeypatch.delattr(ugatit_jax.interop, "onnx_export", raising=False)
+    argv = ["--workdir", str(tmp_path / "nope"), "--direction", "A2B", "--output", str(tmp_path / "x"), "--format"]
+    assert main([*argv, "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "python -m ugatit_jax.export: error: --format onnx needs the onnx extra: pip install 'ugatit-jax[onnx]'\n"
+    )

@@ -19,6 +19,7 @@ LAYERS = (
     ("interop", "train"),  # the official key mapping; the pure train step, its state, Orbax, the mesh
     ("inference",),
     ("loading", "evaluation"),
+    ("interop.onnx_export",),  # converts a loaded Translator
     ("cli",),
     ("train.trainer",),
     ("", "translate", "evaluate", "export", "report", "launch", "data.__main__"),  # the API and the commands

@@ -135,7 +135,8 @@ def test_official_checkpoint_translates_like_the_same_weights_loaded_directly(ru
 
 def test_test_split_writes_a_strip_per_image_and_an_index(run, monkeypatch, capsys):
     workdir, _, gens = run
-    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None, ema=True: gens)  # already covered above; saves time
+    # already covered above; saves time
+    monkeypatch.setattr(loading, "load_run", lambda workdir, step=None, ema=True: gens)
     assert main(["--workdir", workdir, "--test-split", "--batch-size", "4"]) == 0
     assert "A2B 2, B2A 2" in capsys.readouterr().out
     out = os.path.join(workdir, "test")

@@ -1,15 +1,23 @@
-"""Export one direction of a trained model as serialized StableHLO (``jax.export``), for serving without this package.
+"""Export one direction of a trained model for serving without this package: serialized StableHLO or ONNX.
 
     python -m ugatit_jax.export --workdir runs/emoji --direction A2B --output a2b.bin [--step N]
+    python -m ugatit_jax.export --workdir runs/emoji --direction A2B --output a2b.onnx --format onnx
 
-The file holds the translation with its weights as constants and a symbolic batch dimension: input float32
-(B, S, S, 3) in [-1, 1], outputs ``(image (B, S, S, 3) in [-1, 1], cam_logit, heatmap)``. Loading it needs jax
-alone::
+Either file holds the translation with its weights as constants and a symbolic (dynamic) batch dimension: input
+float32 (B, S, S, 3) in [-1, 1], outputs ``(image (B, S, S, 3) in [-1, 1], cam_logit, heatmap)``. The default,
+``--format stablehlo`` (``jax.export``), loads with jax alone::
 
     import jax, numpy as np
     with open("a2b.bin", "rb") as f:
         translate = jax.export.deserialize(bytearray(f.read()))
     image, cam_logit, heatmap = translate.call(np.zeros((3, 64, 64, 3), np.float32))
+
+``--format onnx`` (jax2onnx; needs the ``onnx`` extra) names the input ``input`` and the outputs ``image``,
+``cam_logit``, ``heatmap``::
+
+    import numpy as np, onnxruntime
+    session = onnxruntime.InferenceSession("a2b.onnx", providers=["CPUExecutionProvider"])
+    image, cam_logit, heatmap = session.run(None, {"input": np.zeros((3, 64, 64, 3), np.float32)})
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from ugatit_jax.cli import Parser, UsageError, make_main
 from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
+FORMATS = ("stablehlo", "onnx")
+SUFFIX = {"stablehlo": "bin", "onnx": "onnx"}
 
 
 def export_translation(model, direction: str):
@@ -46,23 +56,45 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--direction", required=True, choices=DIRECTIONS)
     parser.add_argument("--output", required=True, help="file to write the serialized function to")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="stablehlo", help="stablehlo (jax.export, the default) or onnx"
+    )
     return parser
+
+
+def _onnx_module():
+    """``ugatit_jax.interop.onnx_export``, or a usage error naming the extra when jax2onnx or onnx is missing."""
+    try:
+        from ugatit_jax.interop import onnx_export
+    except ModuleNotFoundError as error:
+        if error.name not in ("jax2onnx", "onnx"):
+            raise
+        raise UsageError("--format onnx needs the onnx extra: pip install 'ugatit-jax[onnx]'") from None
+    return onnx_export
 
 
 def _run(args) -> None:
     from ugatit_jax.loading import load_run
 
+    onnx_export = _onnx_module() if args.format == "onnx" else None  # before the model loads: fail fast
     if os.path.isdir(args.output):
-        raise UsageError(f"--output {args.output}: is a folder; give a file name, e.g. {args.direction.lower()}.bin")
+        example = f"{args.direction.lower()}.{SUFFIX[args.format]}"
+        raise UsageError(f"--output {args.output}: is a folder; give a file name, e.g. {example}")
     model = load_run(args.workdir, args.step)
+    shape = f"float32 (B, {model.img_size}, {model.img_size}, 3) in [-1, 1]"
+    if onnx_export is not None:
+        proto = onnx_export.onnx_translation(model, args.direction)
+        written = onnx_export.save_onnx(proto, args.output)
+        print(
+            f"wrote {' and '.join(written)}: {model.name} {args.direction}, ONNX opset {onnx_export.opset(proto)}, "
+            f"input 'input' {shape}, dynamic batch; outputs image, cam_logit, heatmap"
+        )
+        return
     exported = export_translation(model, args.direction)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "wb") as f:
         f.write(exported.serialize())
-    print(
-        f"wrote {args.output}: {model.name} {args.direction}, input float32 (B, {model.img_size}, "
-        f"{model.img_size}, 3) in [-1, 1], symbolic batch"
-    )
+    print(f"wrote {args.output}: {model.name} {args.direction}, input {shape}, symbolic batch")
 
 
 main = make_main(PROG, _parser, _run)
