@@ -61,3 +61,50 @@ def test_onnx_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
     assert err == (
         "python -m ugatit_jax.export: error: --format onnx needs the onnx extra: pip install 'ugatit-jax[onnx]'\n"
     )
+
+
+def test_official_format_with_and_without_the_average(tmp_path, capsys):
+    """--format pt writes every network in the official format; an EMA run's generators hold the average, or the
+    trained weights with --no-ema."""
+    import jax
+    import torch  # noqa: F401 - the torch extra is part of the test install
+
+    from ugatit_jax.interop import torch_import
+    from ugatit_jax.loading import restore_run
+
+    workdir = tmp_path / "run"
+    save_tiny_run(str(workdir), 2, ema_decay=0.9)
+    for flags, ema in (([], True), (["--no-ema"], False)):
+        out = tmp_path / f"ema_{ema}.pt"
+        assert main(["--workdir", str(workdir), "--output", str(out), "--format", "pt", *flags]) == 0
+        printed = capsys.readouterr().out
+        assert ("averaged" in printed) == ema, printed
+        dicts = torch_import.read_official_checkpoint(out)
+        assert set(dicts) == {"genA2B", "genB2A", "disGA", "disGB", "disLA", "disLB"}
+        _, model, _ = restore_run(str(workdir), ema=ema)
+        want = torch_import.official_state_dicts(model)
+        for name, entries in want.items():
+            for key, value in entries.items():
+                np.testing.assert_array_equal(dicts[name][key], value, err_msg=f"{name}.{key}")
+    _, averaged, _ = restore_run(str(workdir))
+    _, trained, _ = restore_run(str(workdir), ema=False)
+    differ = [
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(averaged.genA2B), jax.tree.leaves(trained.genA2B))
+    ]
+    assert max(differ) > 0, "the tiny run's average should differ from its trained weights"
+
+
+def test_flags_that_do_not_fit(tmp_path, capsys):
+    out = str(tmp_path / "x.pt")
+    cases = [
+        (["--output", out, "--direction", "A2B"], "give exactly one of --workdir RUN and --pretrained NAME"),
+        (["--pretrained", "emoji", "--output", out, "--format", "pt"], "--format pt needs --workdir"),
+        (["--workdir", "w", "--output", out, "--format", "pt", "--direction", "A2B"], "--direction does not apply"),
+        (["--workdir", "w", "--output", out], "--direction is required for --format stablehlo"),
+        (["--pretrained", "emoji", "--output", out, "--direction", "A2B", "--step", "2"], "--step applies to"),
+    ]
+    for argv, expect in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expect in err, (argv, err)

@@ -80,3 +80,18 @@ def test_translate_flag(package_weights, tmp_path, capsys):
     argv = ["--pretrained", "nope", "--direction", "A2B", "--input", str(src), "--output", str(out)]
     assert translate.main(argv) == 2
     assert "no such shipped model" in capsys.readouterr().err
+
+
+def test_export_and_evaluate_flags(package_weights, tmp_path, capsys):
+    """``export --pretrained``: the shipped model's translation as StableHLO, equal to ``translate``;
+    ``evaluate --pretrained`` refuses --step in one line."""
+    from ugatit_jax import evaluate, export
+
+    out = tmp_path / "b2a.bin"
+    assert export.main(["--pretrained", "tiny", "--direction", "B2A", "--output", str(out)]) == 0
+    with open(out, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(exported.call(x)[0], load("tiny").translate(x, "B2A")[0], atol=1e-5)
+    assert evaluate.main(["--pretrained", "tiny", "--step", "3"]) == 2
+    assert "--step applies to --workdir only" in capsys.readouterr().err

@@ -64,16 +64,23 @@ def random_model(config, seed: int = 0):
     return nnx.merge(graphdef, jax.tree.map(draw, abstract))
 
 
-def save_tiny_run(workdir: str, step: int = 2):
-    """A run folder holding a random tiny model saved as the trainer saves at ``step``; returns (config, model)."""
+def save_tiny_run(workdir: str, step: int = 2, **overrides):
+    """A run folder holding a random tiny model saved as the trainer saves at ``step``; returns (config, model).
+
+    With ``ema_decay`` > 0 the state keeps an average too, set to half the trained weights (a real average after a
+    few steps would differ from them only slightly; this one differs clearly)."""
+    import jax
+
     from ugatit_jax.train.checkpoints import Checkpointer
-    from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.train.state import create_train_state, ema_names
     from ugatit_jax.train.trainer import make_optimizers
 
-    config = tiny_config(iterations=step, xla_cache_dir="")
+    config = tiny_config(iterations=step, xla_cache_dir="", **overrides)
     model = random_model(config)
     g_tx, d_tx = make_optimizers(config)
-    _, state = create_train_state(model, g_tx, d_tx)
+    _, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))
+    if state.ema is not None:
+        state = state.replace(ema=jax.tree.map(lambda x: 0.5 * x, state.ema))
     ckpt = Checkpointer(workdir, async_save=False)
     ckpt.save(step, state, {}, config, force=True)
     ckpt.close()

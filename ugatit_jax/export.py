@@ -2,6 +2,8 @@
 
     python -m ugatit_jax.export --workdir runs/emoji --direction A2B --output a2b.bin [--step N]
     python -m ugatit_jax.export --workdir runs/emoji --direction A2B --output a2b.onnx --format onnx
+    python -m ugatit_jax.export --pretrained emoji --direction B2A --output b2a.bin
+    python -m ugatit_jax.export --workdir runs/emoji --output emoji_params.pt --format pt [--no-ema]
 
 Either file holds the translation with its weights as constants and a symbolic (dynamic) batch dimension: input
 float32 (B, S, S, 3) in [-1, 1], outputs ``(image (B, S, S, 3) in [-1, 1], cam_logit, heatmap)``. The default,
@@ -12,8 +14,10 @@ float32 (B, S, S, 3) in [-1, 1], outputs ``(image (B, S, S, 3) in [-1, 1], cam_l
         translate = jax.export.deserialize(bytearray(f.read()))
     image, cam_logit, heatmap = translate.call(np.zeros((3, 64, 64, 3), np.float32))
 
-``--format onnx`` (jax2onnx; needs the ``onnx`` extra) names the input ``input`` and the outputs ``image``,
-``cam_logit``, ``heatmap``::
+``--format pt`` writes the whole run (every network, both directions) in the official release's checkpoint
+format (needs the ``torch`` extra); a run trained with ``ema_decay`` > 0 writes its averaged translating
+networks unless ``--no-ema``. ``--format onnx`` (jax2onnx; needs the ``onnx`` extra) names the input
+``input`` and the outputs ``image``, ``cam_logit``, ``heatmap``::
 
     import numpy as np, onnxruntime
     session = onnxruntime.InferenceSession("a2b.onnx", providers=["CPUExecutionProvider"])
@@ -30,8 +34,8 @@ from ugatit_jax.cli import Parser, UsageError, make_main
 from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
-FORMATS = ("stablehlo", "onnx")
-SUFFIX = {"stablehlo": "bin", "onnx": "onnx"}
+FORMATS = ("stablehlo", "onnx", "pt")
+SUFFIX = {"stablehlo": "bin", "onnx": "onnx", "pt": "pt"}
 
 
 def export_translation(model, direction: str):
@@ -52,12 +56,19 @@ def export_translation(model, direction: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="a train.py run folder")
+    parser.add_argument("--workdir", help="a train.py run folder")
+    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument("--direction", required=True, choices=DIRECTIONS)
-    parser.add_argument("--output", required=True, help="file to write the serialized function to")
     parser.add_argument(
-        "--format", choices=FORMATS, default="stablehlo", help="stablehlo (jax.export, the default) or onnx"
+        "--no-ema", action="store_true", help="a run trained with ema_decay: its trained weights, not the average"
+    )
+    parser.add_argument("--direction", choices=DIRECTIONS, help="the direction to export (stablehlo, onnx)")
+    parser.add_argument("--output", required=True, help="file to write")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="stablehlo",
+        help="stablehlo (jax.export, the default), onnx, or pt (the official checkpoint format, whole run)",
     )
     return parser
 
@@ -73,14 +84,54 @@ def _onnx_module():
     return onnx_export
 
 
-def _run(args) -> None:
-    from ugatit_jax.loading import load_run
-
-    onnx_export = _onnx_module() if args.format == "onnx" else None  # before the model loads: fail fast
+def _check(args) -> None:
+    """Every flag that does not fit the others, before anything is loaded."""
+    if bool(args.workdir) == bool(args.pretrained):
+        raise UsageError("give exactly one of --workdir RUN and --pretrained NAME")
+    if args.pretrained and (args.step is not None or args.no_ema):
+        raise UsageError(f"{'--step' if args.step is not None else '--no-ema'} applies to --workdir only")
+    if args.format == "pt":
+        if args.pretrained:
+            raise UsageError(
+                "--format pt needs --workdir: the official format holds every network, a shipped model only "
+                "the translating ones"
+            )
+        if args.direction:
+            raise UsageError("--direction does not apply to --format pt, which writes both directions")
+    elif not args.direction:
+        raise UsageError(f"--direction is required for --format {args.format} (A2B or B2A)")
     if os.path.isdir(args.output):
-        example = f"{args.direction.lower()}.{SUFFIX[args.format]}"
+        example = f"{(args.direction or 'emoji').lower()}.{SUFFIX[args.format]}"
         raise UsageError(f"--output {args.output}: is a folder; give a file name, e.g. {example}")
-    model = load_run(args.workdir, args.step)
+
+
+def _export_official(args) -> None:
+    from ugatit_jax.interop.state_dict import import_torch
+    from ugatit_jax.interop.torch_import import save_official_checkpoint
+    from ugatit_jax.loading import restore_run
+
+    try:
+        import_torch()  # before the run is read: fail fast
+    except ImportError as error:
+        raise UsageError(f"--format pt: {error}") from None
+    config, model, step = restore_run(args.workdir, args.step, ema=not args.no_ema)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    save_official_checkpoint(model, args.output)
+    averaged = " (averaged translating networks)" if config.get("ema_decay", 0.0) > 0 and not args.no_ema else ""
+    print(f"wrote {args.output}: step {step} of {args.workdir}{averaged}, the official {config.model} format")
+
+
+def _run(args) -> None:
+    from ugatit_jax.loading import load_pretrained, load_run
+
+    _check(args)
+    if args.format == "pt":
+        return _export_official(args)
+    onnx_export = _onnx_module() if args.format == "onnx" else None  # before the model loads: fail fast
+    if args.pretrained:
+        model = load_pretrained(args.pretrained)
+    else:
+        model = load_run(args.workdir, args.step, ema=not args.no_ema)
     shape = f"float32 (B, {model.img_size}, {model.img_size}, 3) in [-1, 1]"
     if onnx_export is not None:
         proto = onnx_export.onnx_translation(model, args.direction)
