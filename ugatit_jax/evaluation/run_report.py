@@ -200,23 +200,23 @@ def _cell(value) -> str:
 
 
 def _eval_table(records: list[dict]) -> str:
+    """One table per direction: a column per measure, the untranslated input's row first (it does not change
+    between steps), then a row per evaluated step. Narrow enough for a laptop screen however many steps there are."""
     names = [m.name for m in MEASURES if any(key(d, m.name) in r["scores"] for r in records for d in DIRECTIONS)]
-    head = "".join(f'<th colspan="2">{label(d)} {html.escape(n)}</th>' for n in names for d in DIRECTIONS)
-    sub = "".join("<th>model</th><th>input</th>" for _ in names for _ in DIRECTIONS)
-    rows = []
-    for r in records:
-        cells = []
-        for n in names:
-            for d in DIRECTIONS:
-                cells.append(f"<td>{_cell(r['scores'].get(key(d, n)))}</td>")
-                cells.append(f'<td class="base">{_cell(r["scores"].get(key(d, n + "_input")))}</td>')
-        acc = r["scores"].get("eval/classifier_accuracy")
-        rows.append(f"<tr><td>{r['step']}</td><td>{_cell(acc)}</td>{''.join(cells)}</tr>")
-    return (
-        '<div class="scroll"><table><thead>'
-        f'<tr><th rowspan="2">step</th><th rowspan="2">classifier held-out accuracy</th>{head}</tr>'
-        f"<tr>{sub}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    tables = []
+    for d in DIRECTIONS:
+        latest = records[-1]["scores"]
+        base = "".join(f'<td class="base">{_cell(latest.get(key(d, n + "_input")))}</td>' for n in names)
+        rows = [f'<tr><td class="base">input</td>{base}</tr>']
+        for r in records:
+            cells = "".join(f"<td>{_cell(r['scores'].get(key(d, n)))}</td>" for n in names)
+            rows.append(f"<tr><td>{r['step']}</td>{cells}</tr>")
+        tables.append(
+            f'<div class="scroll"><table><caption>{html.escape(label(d))}</caption>'
+            f"<thead><tr><th>step</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+    return '<div class="tables">' + "".join(tables) + "</div>"
 
 
 def _loss_plots(rows: list[dict]) -> list[str]:
@@ -227,10 +227,12 @@ def _loss_plots(rows: list[dict]) -> list[str]:
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #222; max-width: 1400px; }
-.plots { display: flex; flex-wrap: wrap; gap: 12px; }
-.plots svg { background: #fff; border: 1px solid #ddd; }
-.scroll { overflow-x: auto; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 12px; }
+.plots svg { background: #fff; border: 1px solid #ddd; width: 100%; height: auto; }
+.tables { display: flex; flex-wrap: wrap; gap: 1.5em; margin-top: 1em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.85em; }
+caption { font-weight: bold; text-align: left; padding-bottom: 2px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 td.base { color: #777; }
 figure { margin: 0 0 1em 0; }

@@ -216,7 +216,8 @@ class RunEvaluator:
     def __call__(self, state: TrainState, step: int) -> dict:
         nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
         record = self.evaluator(self.bind(nets))
-        record = {"model": f"{os.path.basename(self.workdir)} step {step}", "step": step, **record}
+        averaged = " (EMA)" if state.ema else ""  # as ``load`` names a run's averaged model
+        record = {"model": f"{os.path.basename(self.workdir)} step {step}{averaged}", "step": step, **record}
         write_record(record, os.path.join(self.workdir, "eval", f"step_{step}.json"))
         return record
 
