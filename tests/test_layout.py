@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ugatit_jax"
 
 # Lowest first; a module belongs to the layer of its longest listed prefix ("" is the package's __init__).
 LAYERS = (
-    ("memo", "directions", "compilation_cache", "config"),  # no imports but each other
+    ("memo", "directions", "compilation_cache", "config", "pixels"),  # no imports but each other
     ("nn", "data"),
     ("models",),
     ("interop", "train"),  # the official key mapping; the pure train step, its state, Orbax, the mesh
@@ -97,3 +97,18 @@ def test_imports_only_downwards(name):
 def test_nothing_in_the_package_imports_the_trainer():
     importers = sorted(name for name, deps in GRAPH.items() if TRAINER in deps)
     assert not importers, f"these import ugatit_jax.{TRAINER}: {importers}; only train.py at the root may"
+
+
+def test_load_imports_no_input_pipeline():
+    """``from ugatit_jax import load`` in a fresh interpreter imports neither grain nor tensorflow-datasets (nor
+    the data package): translating needs the pixel conventions (``ugatit_jax.pixels``), not the pipeline."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ugatit_jax import load; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grain', 'tensorflow_datasets') "
+        "or m.startswith('ugatit_jax.data')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:2000]

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.data.transforms import as_model_input
+from ugatit_jax.pixels import as_model_input
 from ugatit_jax.directions import REVERSE
 from ugatit_jax.models.family import Family
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# The pixel conventions live below the data package (inference needs them without grain); kept importable here.
+from ugatit_jax.pixels import as_model_input, to_model_range, to_uint8  # noqa: F401
+
 # How much larger than the crop the train resize is, as in the official code (designed for 256 px: the crop keeps
 # 90% of the side; at 64 px the same 30 px would keep only 68%, cutting off most emoji outlines).
 CROP_MARGIN = 30
@@ -40,22 +43,3 @@ def test_transform(image: np.ndarray, img_size: int) -> np.ndarray:
 
 
 test_transform.__test__ = False  # pytest would collect it wherever a test module imports it
-
-
-def to_model_range(x):
-    """uint8 in [0, 255] -> float32 in [-1, 1] (x / 127.5 - 1); numpy or jax arrays, jit-safe."""
-    if x.dtype != np.uint8:
-        raise TypeError(f"to_model_range expects uint8 images, got {x.dtype}; it must see raw pixels exactly once")
-    return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def to_uint8(x):
-    """Inverse of ``to_model_range``: clip to the displayable range and round to uint8."""
-    return ((x + 1.0) * 127.5).clip(0, 255).round().astype(np.uint8)
-
-
-def as_model_input(x):
-    """Model input from a batch: uint8 pixels are scaled to [-1, 1]; float batches are taken as already scaled."""
-    if x.dtype == np.uint8:
-        return to_model_range(x)
-    return x.astype(np.float32)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ugatit_jax.data.transforms import to_uint8
+from ugatit_jax.pixels import to_uint8
 from ugatit_jax.nn.cam import colorize_heatmap
 
 TILES = ("real", "identity_heatmap", "identity", "fake_heatmap", "fake", "cycle_heatmap", "cycle")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.data.transforms import as_model_input
+from ugatit_jax.pixels import as_model_input
 from ugatit_jax.nn.norms import clip_rho
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState
