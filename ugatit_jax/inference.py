@@ -16,9 +16,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.pixels import as_model_input
 from ugatit_jax.directions import REVERSE
 from ugatit_jax.models.family import Family
+from ugatit_jax.pixels import as_model_input
 
 
 def translation_state(family: Family, params: Mapping, sn: Mapping) -> dict:

@@ -194,10 +194,10 @@ def translate_jobs(
     import jax
     from tqdm import tqdm
 
-    from ugatit_jax.pixels import to_uint8
     from ugatit_jax.evaluation.visualize import save_png
     from ugatit_jax.inference import padded_batches
     from ugatit_jax.nn.cam import overlay_heatmap
+    from ugatit_jax.pixels import to_uint8
 
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction {direction}: use {' or '.join(DIRECTIONS)}")

@@ -197,8 +197,8 @@ class Evaluator:
         return self._fixed
 
     def _translate(self, fn: Translate, images: np.ndarray) -> np.ndarray:
-        from ugatit_jax.pixels import to_uint8
         from ugatit_jax.inference import default_batch_size, padded_batches
+        from ugatit_jax.pixels import to_uint8
 
         batch = max(1, min(self.batch_size or default_batch_size(), len(images)))
         out = []

@@ -12,8 +12,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ugatit_jax.pixels import to_uint8
 from ugatit_jax.nn.cam import colorize_heatmap
+from ugatit_jax.pixels import to_uint8
 
 TILES = ("real", "identity_heatmap", "identity", "fake_heatmap", "fake", "cycle_heatmap", "cycle")
 

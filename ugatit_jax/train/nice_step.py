@@ -31,8 +31,8 @@ from collections.abc import Mapping
 import jax
 from flax import nnx
 
-from ugatit_jax.pixels import as_model_input
 from ugatit_jax.models.nice import NICE
+from ugatit_jax.pixels import as_model_input
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import TrainState
 from ugatit_jax.train.step import deinterleave, interleave

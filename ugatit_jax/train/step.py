@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.pixels import as_model_input
 from ugatit_jax.nn.norms import clip_rho
+from ugatit_jax.pixels import as_model_input
 from ugatit_jax.train import losses
 from ugatit_jax.train.state import D_NAMES, G_NAMES, TrainState
 from ugatit_jax.train.updates import Optimisers, Update, merged, next_state, optimiser_step, power_iteration_state
