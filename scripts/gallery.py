@@ -3,8 +3,8 @@
     python scripts/gallery.py --model emoji --output docs/gallery [--count 8] [--scale 2]
 
 ``--model`` is anything ``ugatit_jax.load`` reads (a shipped model's name, a run folder). The images are spread
-evenly over the test split in its stored order, not picked by hand. Rows: input, translation, attention heat map; pixels are enlarged
-``--scale`` times without smoothing, so what the page shows is what the model made.
+evenly over the test split in its stored order, not picked by hand. Rows: input, translation, attention heat map;
+pixels are enlarged ``--scale`` times without smoothing, so what the page shows is what the model made.
 """
 
 from __future__ import annotations
