@@ -24,8 +24,8 @@ from ugatit_jax.data.source import SplitSource, UnpairedSource
 from ugatit_jax.data.transforms import CROP_MARGIN, test_transform, train_transform
 
 # Below this many images a split is shuffled by numpy: grain's index_shuffle walks cycles of a fixed-width
-# permutation, so its cost per index grows as the split shrinks (measured, 2-core Xeon: 6 ms per index for 8
-# images, 0.5 ms for 100, 0.06 ms for 1,000, 0.01 ms for 10,000), which made the data a third of a tiny step.
+# permutation, so its cost per index grows as the split shrinks (milliseconds per index for a few images; the
+# measurements are in docs/speed.md), which made the data a third of a tiny step.
 SMALL_SPLIT = 1000
 STATE_VERSION = 1
 # Fields of the state that must match for a restore to mean the same sequence.

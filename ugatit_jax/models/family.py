@@ -132,8 +132,7 @@ def abstract_model(config) -> tuple[nnx.GraphDef, nnx.State]:
     """(graph definition, shapes and dtypes of every array) of ``config``'s model, without initialising it.
 
     Traced once per model config in a process (a resume, ``translate`` and ``evaluate`` each need it more than
-    once): tracing the construction takes 0.2-0.6 s for the tests' tiny and the emoji model (2-core Xeon; 0.5-1 s
-    before ``jit_init.TracedRngs``).
+    once): tracing the construction takes a noticeable fraction of a second even for small models.
     """
     trace = lambda: nnx.split(nnx.eval_shape(lambda: build_model(config, seed=0)))
     graphdef, abstract = remember(_ABSTRACT_MODELS, _architecture_key(config), trace, limit=8)

@@ -2,12 +2,12 @@
 
 A traced initialiser draws each weight (and each spectral-norm vector, and each NNX key it folds in) with its own
 Threefry hash: a hundred-odd copies of a 20-round integer kernel that XLA compiles one by one, most of the time it
-takes to compile the initialiser (the tests' tiny U-GAT-IT at XLA's lowest optimisation level on a 2-core Xeon:
-7.4-9.6 s, as long as its train step). Yet the draws hardly depend on each other: the keys come from a short
+takes to compile the initialiser (as long as the tiny model's train step at XLA's lowest optimisation level).
+Yet the draws hardly depend on each other: the keys come from a short
 chain (fold-in, split) and the weights from the keys. This module re-runs the traced initialiser draw by draw
 in dependency order ("waves"): every draw whose key is known joins one hash over all their counters, so the whole
-initialisation hashes three times (NNX's fold-ins, then the splits and weights, then the spectral-norm vectors).
-Compile: 1.6-1.8 s for the same model.
+initialisation hashes three times (NNX's fold-ins, then the splits and weights, then the spectral-norm vectors),
+and compiles several times faster (``docs/speed.md``).
 
 The values are exactly JAX's: with ``jax_threefry_partitionable`` (JAX's default since 0.5) a draw of ``shape``
 from key ``(k1, k2)`` is ``threefry2x32(k1, k2, 0, i)`` for each flat index ``i`` (``random_bits``: the two output

@@ -1,13 +1,12 @@
 """Random initialisation of any NNX module as one compiled program.
 
 Run eagerly, a module's ``__init__`` compiles one small XLA program per weight shape and initialiser (about 100
-for U-GAT-IT: 35 s on a 2-core CPU before the first training step), and none of them is worth an entry in the
-persistent compilation cache. Traced once under ``jax.jit``, the whole initialisation is one program: it compiles
-in less than half that at XLA's lowest backend optimisation level (it runs once, so optimising it buys nothing;
-the tests' tiny model: 14.8 s against 30.7-37.7 s eagerly), and the persistent cache turns it into a load for every
-later launch of the same architecture. Its Threefry draws are merged into a few hashes
-(``ugatit_jax.nn.batched_draws``, same values): the tiny model's initialiser then compiles in 1.6-1.8 s instead of
-7.4-9.6 s, the emoji config's in 6.3 s instead of 11.4 s (2-core Xeon).
+for U-GAT-IT, tens of seconds on a small CPU before the first training step), and none of them is worth an entry in
+the persistent compilation cache. Traced once under ``jax.jit``, the whole initialisation is one program, compiled
+at XLA's lowest backend optimisation level (it runs once, so optimising it buys nothing), and the persistent cache
+turns it into a load for every later launch of the same architecture. Its Threefry draws are merged into a few
+hashes (``ugatit_jax.nn.batched_draws``, same values), which cuts its compile time again. The measurements are in
+``docs/speed.md``.
 
 The values are the eager initialisation's up to float rounding: inside one program XLA fuses a uniform draw's
 scale and shift, and the l2 normalisation of the spectral-norm vectors, differently; measured at most 1.4e-7 of
@@ -30,7 +29,7 @@ from ugatit_jax.nn.batched_draws import batch_threefry_draws
 
 M = TypeVar("M", bound=nnx.Module)
 
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # 43 s -> 14 s for the tests' tiny model (2-core Xeon)
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # compiles about 3x faster; the program runs once
 
 
 class TracedRngs:
@@ -39,9 +38,8 @@ class TracedRngs:
 
     ``nnx.Rngs`` keeps its count in a Variable, and each ``count[...] += 1`` on a tracer asks it for ``.sharding``;
     JAX answers with an AttributeError whose message walks the whole trace to say where the tracer came from. For
-    U-GAT-IT that was about 60% of tracing the construction (1.1 of 1.8 s for the tests' tiny model, by
-    cProfile), paid by every initialiser and every abstract model: ``nnx.eval_shape`` of the tests' tiny model
-    and of the emoji config's took 0.5-1 s, now 0.2-0.6 s (2-core Xeon). Only the ``default`` stream exists (what
+    U-GAT-IT that was most of tracing the construction (by cProfile), paid by every initialiser and every
+    abstract model (``docs/speed.md`` has the numbers). Only the ``default`` stream exists (what
     ``nnx.Rngs(key).params`` falls back to); a module that asks for anything else gets an AttributeError.
     """
 

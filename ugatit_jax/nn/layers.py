@@ -55,8 +55,8 @@ def conv_methods(x_shape, kernel_shape, strides) -> tuple[str, str, str]:
 
     Each is 'xla' (XLA's convolution), 'patches' (im2col, then one matmul) or, for the output, 'shifted' (x times
     all kh * kw taps in one matmul, then a sum of shifted slices). XLA:CPU's own convolution is far off the
-    machine's matmul speed for two kinds of U-GAT-IT convolution (measured on a 2-core Xeon, whole train steps and
-    single ops, ``benchmarks/README.md``):
+    machine's matmul speed for two kinds of U-GAT-IT convolution (whole train steps and single ops, measured in
+    ``docs/speed.md``):
 
     * fewer output than input channels at stride 1 (up-sampling and to-RGB convs, 1-channel classifiers): its
       forward thunk runs at ~3-15 GFLOP/s, 'shifted' 3-10x faster; XLA's gradients are fast there and stay;
