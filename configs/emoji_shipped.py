@@ -2,7 +2,7 @@
 
     python train.py --config configs/emoji_shipped.py --workdir runs/emoji_shipped
 
-Differences from ``configs/emoji.py``: 4,000 steps with the paper's schedule (constant rate, then linear decay
+Differences from ``configs/emoji.py``: 3,000 steps with the paper's schedule (constant rate, then linear decay
 to 0 from the half-way point) and ``ema_decay`` 0.999; translations use the averaged weights. The run, its
 machine, wall time and scores are in ``ugatit_jax/weights/emoji/MODEL_CARD.md``.
 """
@@ -21,7 +21,7 @@ def _emoji_config():
 
 def get_config():
     c = _emoji_config()
-    c.iterations = 4000
+    c.iterations = 3000
     c.decay_flag = True
     c.ema_decay = 0.999
     c.sample_every = 500
