@@ -124,7 +124,7 @@ def setup(config, n_devices: int | None):
     import jax
 
     from ugatit_jax.train import parallel, trainer
-    from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.train.state import create_train_state, ema_names
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     if config.batch_size % len(devices):
@@ -132,7 +132,7 @@ def setup(config, n_devices: int | None):
     mesh = parallel.make_mesh(devices)
     model = trainer.build_model(config)
     g_tx, d_tx = trainer.make_optimizers(config)
-    graphdefs, state = create_train_state(model, g_tx, d_tx)
+    graphdefs, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))  # the run's step, EMA included
     state = parallel.replicate(state, mesh)
     step_fn = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
     return devices, state, step_fn, make_batches(config, parallel.batch_sharding(mesh))

@@ -6,7 +6,7 @@ flags, and why:
 
 - ``n_dis`` 6 instead of 7: NICE-GAN's global head has ``n_dis - 2`` stride-2 convolutions, so at 64 px the
   official 7 would shrink it below one pixel (6 leaves 4 x 4 -> 2 x 2 logits; ``config.validate`` says so).
-- ``n_res`` 4 instead of 6: the U-GAT-IT demo's depth, inside the same 2-core time budget.
+- ``n_res`` 4 instead of 6: the U-GAT-IT demo's depth, inside the same time budget.
 - 64 px, light, ch 16, batch 4, 600 iterations at a constant lr 2e-4, crop margin 8: as ``configs/emoji.py``
   explains.
 """
