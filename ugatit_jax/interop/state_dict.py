@@ -128,6 +128,8 @@ def _why_unreadable(path: str, error: Exception) -> str:
             head = f.read(4)
     except OSError:
         head = b""
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither a zip archive nor a pickle stream
+        return "it is not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy format)"
     if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error).lower():
         return (
             "it holds pickled Python objects besides tensors, and this program never unpickles code; use a file "
@@ -135,7 +137,7 @@ def _why_unreadable(path: str, error: Exception) -> str:
         )
     if head.startswith(b"PK"):
         return "it is a zip archive but not one written by torch.save (or it is truncated or damaged)"
-    return "it is not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy format)"
+    return "it is a pickle stream but not a torch.save checkpoint (or it is truncated or damaged)"
 
 
 def torch_load(path: str | os.PathLike, *, hint: str = ""):
