@@ -4,7 +4,8 @@ the benchmarks).
 Bad input ends with exit code 2 and one line ``<prog>: error: <message>`` on stderr, no traceback: usage mistakes
 (argparse), and the errors that mean "fix your input" (``expected_errors``), which carry a message naming the
 option or file and the fix. Anything else is a bug and keeps its traceback. Warnings (e.g. an unreadable image
-that is skipped) are one ``warning:`` line each.
+that is skipped) are one ``warning:`` line each. Ctrl-C is one line ``<prog>: interrupted`` and exit code 130, no
+traceback, after the command's ``finally`` blocks ran (``interrupts.py`` covers the seconds of imports before).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
+
+from ugatit_jax import interrupts
 
 
 class UsageError(ValueError):
@@ -90,9 +93,12 @@ def show_warning_line(message, category, filename, lineno, file=None, line=None)
 
 def run_script(prog: str, main) -> None:
     """``main()`` of a script that ends bad input with ``SystemExit("message")`` (the benchmarks): the message
-    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too."""
+    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too;
+    Ctrl-C one ``<prog>: interrupted`` line and exit code 130."""
     try:
         main()
+    except KeyboardInterrupt:
+        raise SystemExit(interrupts.interrupted_line(prog)) from None
     except SystemExit as e:
         if isinstance(e.code, str):
             fail_line(prog, e.code)
@@ -104,18 +110,23 @@ def run_script(prog: str, main) -> None:
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
-    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
-    args = parser.parse_args(argv)
-    from ugatit_jax.compilation_cache import enable_compilation_cache
+    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback;
+    Ctrl-C -> one ``interrupted`` line and exit code 130."""
+    interrupts.raise_from_now_on()
+    try:
+        args = parser.parse_args(argv)
+        from ugatit_jax.compilation_cache import enable_compilation_cache
 
-    enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning_line
-        try:
-            run(args)
-        except expected_errors() as error:
-            fail_line(prog, error)
-            return 2
+        enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning_line
+            try:
+                run(args)
+            except expected_errors() as error:
+                fail_line(prog, error)
+                return 2
+    except KeyboardInterrupt:
+        return interrupts.interrupted_line(prog)
     return 0
 
 
