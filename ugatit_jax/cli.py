@@ -11,6 +11,7 @@ traceback, after the command's ``finally`` blocks ran (``interrupts.py`` covers 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -74,6 +75,27 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         raise UsageError(
             f"unknown config key {key!r} in a --config.* override; the keys are listed in ugatit_jax/config.py"
         ) from None
+
+
+def check_writable(path: str, *, folder: bool = False, name: str | None = None) -> None:
+    """Fails now, not after minutes of work, when ``path`` (a file, or with ``folder`` a folder) cannot be written:
+    a broken symbolic link, a file in the way, a read-only file system, no permission. Creates nothing.
+    ``name`` says how the message names it (default the path)."""
+    shown = name or path
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.islink(full) and not os.path.exists(full):
+        raise UsageError(f"{shown}: is a broken symbolic link (to {os.readlink(full)}); remove it or give another path")
+    if folder and os.path.exists(full) and not os.path.isdir(full):
+        raise UsageError(f"{shown}: is a file; give a folder")
+    nearest = full if folder else os.path.dirname(full)
+    while not os.path.lexists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise UsageError(f"{shown}: {nearest} is not a folder")
+    target = full if os.path.exists(full) and not folder else nearest
+    if not os.access(target, os.W_OK) or not os.access(nearest, os.W_OK | os.X_OK):
+        why = "a read-only file system" if os.statvfs(nearest).f_flag & os.ST_RDONLY else "no permission"
+        raise UsageError(f"{shown}: cannot write there ({why}: {target}); choose another place")
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

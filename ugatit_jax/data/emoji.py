@@ -393,6 +393,11 @@ def _is_ours(name: str, root_manifest: dict | None) -> bool:
 
 def _refuse_foreign(root: str) -> None:
     """Builds go only into a new folder, an empty one or one holding emoji builds: never among a user's files."""
+    if os.path.islink(root) and not os.path.exists(root):
+        raise DatasetError(
+            f"{root} is a broken symbolic link (to {os.readlink(root)}); remove it or point the emoji dataset "
+            "at another folder"
+        )
     if not os.path.lexists(root):
         return
     if os.path.isdir(root):
@@ -518,10 +523,16 @@ def build_emoji_cache(
     tasks = [(key, "test" if is_test_key(key) else "train", png, svg) for key, png, svg in matched]
     if num_workers is None:
         num_workers = (os.cpu_count() or 1) if len(tasks) >= _POOL_THRESHOLD else 0
-    os.makedirs(root, exist_ok=True)
-    _note_leftovers(root, name)
-    log.info("building the emoji dataset (%s) into %s", _limit_text(limit), target)
-    building = tempfile.mkdtemp(prefix=f".{name}.building-{os.getpid()}@{_host()}-", dir=root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        _note_leftovers(root, name)
+        log.info("building the emoji dataset (%s) into %s", _limit_text(limit), target)
+        building = tempfile.mkdtemp(prefix=f".{name}.building-{os.getpid()}@{_host()}-", dir=root)
+    except OSError as error:
+        raise DatasetError(
+            f"cannot write the emoji build into {root} ({error.strerror or error}); point the emoji dataset "
+            "(--dataset-dir, config.dataset_dir or $UGATIT_DATA_DIR) at a writable folder"
+        ) from None
     try:
         for split in SPLITS:
             os.mkdir(os.path.join(building, split))
