@@ -4,15 +4,19 @@ the benchmarks).
 Bad input ends with exit code 2 and one line ``<prog>: error: <message>`` on stderr, no traceback: usage mistakes
 (argparse), and the errors that mean "fix your input" (``expected_errors``), which carry a message naming the
 option or file and the fix. Anything else is a bug and keeps its traceback. Warnings (e.g. an unreadable image
-that is skipped) are one ``warning:`` line each.
+that is skipped) are one ``warning:`` line each. Ctrl-C is one line ``<prog>: interrupted`` and exit code 130, no
+traceback, after the command's ``finally`` blocks ran (``interrupts.py`` covers the seconds of imports before).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
+
+from ugatit_jax import interrupts
 
 
 class UsageError(ValueError):
@@ -73,6 +77,27 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         ) from None
 
 
+def check_writable(path: str, *, folder: bool = False, name: str | None = None) -> None:
+    """Fails now, not after minutes of work, when ``path`` (a file, or with ``folder`` a folder) cannot be written:
+    a broken symbolic link, a file in the way, a read-only file system, no permission. Creates nothing.
+    ``name`` says how the message names it (default the path)."""
+    shown = name or path
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.islink(full) and not os.path.exists(full):
+        raise UsageError(f"{shown}: is a broken symbolic link (to {os.readlink(full)}); remove it or give another path")
+    if folder and os.path.exists(full) and not os.path.isdir(full):
+        raise UsageError(f"{shown}: is a file; give a folder")
+    nearest = full if folder else os.path.dirname(full)
+    while not os.path.lexists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise UsageError(f"{shown}: {nearest} is not a folder")
+    target = full if os.path.exists(full) and not folder else nearest
+    if not os.access(target, os.W_OK) or not os.access(nearest, os.W_OK | os.X_OK):
+        why = "a read-only file system" if os.statvfs(nearest).f_flag & os.ST_RDONLY else "no permission"
+        raise UsageError(f"{shown}: cannot write there ({why}: {target}); choose another place")
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
     from ugatit_jax.config import ConfigError
@@ -90,9 +115,12 @@ def show_warning_line(message, category, filename, lineno, file=None, line=None)
 
 def run_script(prog: str, main) -> None:
     """``main()`` of a script that ends bad input with ``SystemExit("message")`` (the benchmarks): the message
-    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too."""
+    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too;
+    Ctrl-C one ``<prog>: interrupted`` line and exit code 130."""
     try:
         main()
+    except KeyboardInterrupt:
+        raise SystemExit(interrupts.interrupted_line(prog)) from None
     except SystemExit as e:
         if isinstance(e.code, str):
             fail_line(prog, e.code)
@@ -104,18 +132,23 @@ def run_script(prog: str, main) -> None:
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
-    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback."""
-    args = parser.parse_args(argv)
-    from ugatit_jax.compilation_cache import enable_compilation_cache
+    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback;
+    Ctrl-C -> one ``interrupted`` line and exit code 130."""
+    interrupts.raise_from_now_on()
+    try:
+        args = parser.parse_args(argv)
+        from ugatit_jax.compilation_cache import enable_compilation_cache
 
-    enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning_line
-        try:
-            run(args)
-        except expected_errors() as error:
-            fail_line(prog, error)
-            return 2
+        enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning_line
+            try:
+                run(args)
+            except expected_errors() as error:
+                fail_line(prog, error)
+                return 2
+    except KeyboardInterrupt:
+        return interrupts.interrupted_line(prog)
     return 0
 
 

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import UsageError, doc_parser, make_main
+from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main
 from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -102,6 +102,12 @@ def _run(args) -> None:
     model = (
         load_pretrained(args.pretrained) if args.pretrained else load_run(args.workdir, args.step, ema=not args.no_ema)
     )
+    output = args.output
+    if output is None and args.workdir:
+        output = os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "eval", f"step_{model.step}.json")
+        check_writable(output, name=f"{output} (the default --output)")
+    elif output:
+        check_writable(output, name=f"--output {output}")
     config = ml_collections.ConfigDict(model.config.to_dict())
     if args.dataset_dir:
         config.dataset_dir = args.dataset_dir
@@ -118,9 +124,6 @@ def _run(args) -> None:
         record["notes"].append(missing_weights_note())
     record["workdir"] = os.path.abspath(os.path.expanduser(args.workdir)) if args.workdir else None
     record["inception_weights"] = os.path.abspath(os.path.expanduser(weights)) if weights else None
-    output = args.output
-    if output is None and args.workdir:
-        output = os.path.join(record["workdir"], "eval", f"step_{model.step}.json")
     if output:
         write_record(record, output)
     print(format_table(record, f"{model.name}: {record['dataset']} test split at {record['img_size']} px"))

@@ -30,7 +30,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import Parser, UsageError, make_main
+from ugatit_jax.cli import Parser, UsageError, check_writable, make_main
 from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
@@ -103,6 +103,7 @@ def _check(args) -> None:
     if os.path.isdir(args.output):
         example = f"{(args.direction or 'emoji').lower()}.{SUFFIX[args.format]}"
         raise UsageError(f"--output {args.output}: is a folder; give a file name, e.g. {example}")
+    check_writable(args.output, name=f"--output {args.output}")
 
 
 def _export_official(args) -> None:

@@ -12,14 +12,14 @@ after ``--grace`` seconds, and the launcher exits non-zero; children run in thei
 their worker processes go too, and they are killed if the launcher itself dies.
 
 Exit status: 0 when every child exits 0; else the first failing child's status (128 + N for signal N);
-2 with one ``error:`` line for bad launcher arguments.
+2 with one ``error:`` line for bad launcher arguments; Ctrl-C ends the children as above, then the last line is
+``python -m ugatit_jax.launch: interrupted`` and the status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -27,6 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from ugatit_jax.interrupts import interrupted_line, set_parent_death_signal
 
 PROG = "python -m ugatit_jax.launch"
 POLL_S = 0.1
@@ -75,9 +77,7 @@ def child_env(
 def _die_with_parent() -> None:
     """In the child before exec: own process group, and SIGKILL when the launcher dies (Linux)."""
     os.setsid()
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def _pump(stream, prefix: bytes, out, lock: threading.Lock) -> None:
@@ -107,6 +107,7 @@ class Launcher:
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.stop_signal: int | None = None
+        self.stopped_by: int | None = None  # the signal that ended the run, if one did (not a child's failure)
 
     def log(self, message: str) -> None:
         with self.lock:
@@ -162,6 +163,7 @@ class Launcher:
             status = _status(code)
         else:
             self.log(f"received signal {self.stop_signal}: ending all processes")
+            self.stopped_by = self.stop_signal
             status = 128 + self.stop_signal
         self.end_all(settle=self.args.settle if failed is not None else 0.0)
         return self._finish(status)
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, launcher._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         launcher.start()
-        return launcher.wait()
+        status = launcher.wait()
+        return interrupted_line(PROG) if launcher.stopped_by == signal.SIGINT else status
     except OSError as e:
         launcher.end_all(settle=0.0)
         print(f"{PROG}: error: cannot start {command[0]}: {e}", file=sys.stderr)

@@ -111,7 +111,25 @@ def _step_and_config(ckpt, workdir: str, step: int | None) -> tuple[int, ml_coll
         raise ConfigError(f"--workdir={workdir}: no checkpoint found in {ckpt.directory}")
     if step not in ckpt.all_steps():
         raise ConfigError(f"--step={step}: no such checkpoint in {ckpt.directory}; available: {ckpt.all_steps()}")
-    return step, ml_collections.ConfigDict(ckpt.read_config(step))
+    saved = ckpt.read_config(step)
+    _warn_unknown_keys(saved, workdir)
+    return step, ml_collections.ConfigDict(saved)
+
+
+def _warn_unknown_keys(saved: dict, workdir: str) -> None:
+    """A run saved by a newer version may hold options this one does not know; they are ignored, so say so."""
+    import warnings
+
+    from ugatit_jax.config import base_config
+
+    unknown = sorted(set(saved) - set(base_config().keys()))
+    if unknown:
+        warnings.warn(
+            f"--workdir={workdir}: its config holds keys this version of ugatit-jax does not know "
+            f"({', '.join(unknown)}): saved by a newer version? They are ignored; upgrade ugatit-jax if the run "
+            "does not load or its outputs look wrong",
+            stacklevel=2,
+        )
 
 
 def restore_run(
@@ -190,7 +208,8 @@ def load_pretrained(name: str) -> Translator:
     from flax import serialization
 
     if name not in pretrained_names():
-        raise ConfigError(f"--pretrained {name}: no such shipped model; available: {', '.join(pretrained_names())}")
+        available = ", ".join(pretrained_names()) or "none"
+        raise ConfigError(f"--pretrained {name}: no such shipped model; available: {available}")
     folder = os.path.join(PRETRAINED_DIR, name)
     with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
         saved = json.load(f)
@@ -248,6 +267,16 @@ def official_config(model: str = "ugatit", **shape: Any) -> ml_collections.Confi
     return config
 
 
+def _other_family(dicts: dict, model: str) -> str | None:
+    """The other model family when ``dicts`` holds every translating network of it and none of ``model``'s."""
+    ours = get_family(official_config(model)).translating
+    for other in PAPER_SHAPE:
+        theirs = get_family(official_config(other)).translating
+        if other != model and all(n in dicts for n in theirs) and not any(n in dicts for n in ours):
+            return other
+    return None
+
+
 def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translator:
     """The translating networks of an official PyTorch checkpoint (only those are built and read)."""
     from ugatit_jax.interop.torch_import import (
@@ -269,6 +298,12 @@ def load_official(path: str, *, model: str = "ugatit", **shape: Any) -> Translat
         dicts = read_official_checkpoint(path)
     except CheckpointMismatchError as error:  # not a file of state dicts: the shape flags cannot help
         raise CheckpointMismatchError(f"--checkpoint: {error}") from error
+    other = _other_family(dicts, model)
+    if other is not None:
+        raise CheckpointMismatchError(
+            f"--checkpoint={path}: holds the networks of a {other} checkpoint ({', '.join(sorted(dicts))}), not "
+            f"{model}'s: pass --model {other}"
+        )
     try:
         load_official_checkpoint(net, dicts, networks=names)
     except CheckpointMismatchError as error:

@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import UsageError, doc_parser, make_main
-from ugatit_jax.evaluation.run_report import evaluation_plots, read_evaluations, write_report
+from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main
+from ugatit_jax.evaluation.run_report import REPORT_FILE, evaluation_plots, read_evaluations, write_report
 
 PROG = "python -m ugatit_jax.report"
 
@@ -43,6 +43,10 @@ def _run(args) -> None:
         )
     if args.output and os.path.dirname(os.path.abspath(args.output)) != workdir:
         raise UsageError(f"--output={args.output}: must be in the run folder, or the page's relative links break")
+    page = args.output or os.path.join(workdir, REPORT_FILE)
+    check_writable(page, name=f"--output={args.output}" if args.output else f"{page} (the default --output)")
+    if args.figures:
+        check_writable(args.figures, folder=True, name=f"--figures={args.figures}")
     print(f"run report written to {write_report(workdir, args.output)}")
     if args.figures:
         plots = evaluation_plots(read_evaluations(workdir))

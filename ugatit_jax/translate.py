@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ugatit_jax.cli import UsageError, doc_parser, make_main, warn_line
+from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main, warn_line
 from ugatit_jax.directions import DIRECTIONS, domains, label
 from ugatit_jax.inference import default_batch_size
 
@@ -411,6 +411,7 @@ def _run(args) -> None:
         if args.pretrained and not args.output:
             raise UsageError("--test-split with --pretrained needs --output FOLDER")
         output = args.output or os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "test")
+        check_writable(output, folder=True, name=f"--output {output}")
         source = dataset_for_test_split(args, model)
         batch_size = args.batch_size or default_batch_size()
         result = write_test_split(model, source, output, batch_size=batch_size, progress=True)
@@ -430,6 +431,7 @@ def _run(args) -> None:
         raise UsageError("--dataset-dir applies to --test-split only")
     check_model_args(args)
     jobs, renamed = plan(args.input, args.output, args.heatmap)
+    check_writable(args.output, folder=True, name=f"--output {args.output}")
     model = load_model(args)
     batch_size = args.batch_size or default_batch_size()
     result = translate_jobs(

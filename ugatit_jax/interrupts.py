@@ -1,0 +1,124 @@
+"""Ctrl-C and kill -9 of a ``python -m ugatit_jax.<command>``; standard library only (imported first of all).
+
+Ctrl-C ends every command (translate, evaluate, export, report, data, launch) with one line
+``<prog>: interrupted`` on stderr and exit status 130, no traceback, at any moment: while the command still loads
+its modules (``install_while_loading``, run by the package's ``__init__`` before it imports JAX: that takes
+seconds) and while it runs (``cli.run_cli`` catches the ``KeyboardInterrupt``, so ``finally`` blocks clean up
+first). train.py is not a ``-m`` command and keeps its own handling (finish the step, save, exit 0).
+
+Worker processes die with their parent (``die_with_parent``), so a command killed with SIGKILL leaves none behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+STATUS = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+COMMANDS = ("translate", "evaluate", "export", "report", "data", "launch")
+_PR_SET_PDEATHSIG = 1
+_WATCH_S = 1.0
+
+
+def interrupted_line(prog: str) -> int:
+    """Writes ``<prog>: interrupted`` to stderr; returns the exit status, 130."""
+    with contextlib.suppress(Exception):  # a closed or broken stderr must not turn this into a traceback
+        sys.stderr.write(f"{prog}: interrupted\n")
+        sys.stderr.flush()
+    return STATUS
+
+
+def command_prog() -> str | None:
+    """``python -m ugatit_jax.<command>`` while that command starts (runpy still imports the package: argv[0] is
+    ``-m``), else None: a library import, pytest, train.py or a spawned worker is left alone."""
+    if (sys.argv or [""])[0] != "-m":
+        return None
+    argv = getattr(sys, "orig_argv", [])
+    for i, arg in enumerate(argv[1:], 1):
+        module = argv[i + 1] if arg == "-m" and i + 1 < len(argv) else arg[2:] if arg.startswith("-m") else None
+        if module is not None:
+            package, _, command = module.partition(".")
+            return f"python -m {module}" if package == "ugatit_jax" and command in COMMANDS else None
+    return None
+
+
+def _exit_while_loading(prog: str):
+    def handler(signum, frame):
+        interrupted_line(prog)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(STATUS)  # nothing to clean up yet, and an import must not get the chance to swallow it
+
+    handler.while_loading = True
+    return handler
+
+
+def install_while_loading() -> None:
+    """Ctrl-C while a ``python -m ugatit_jax.<command>`` loads: one line and exit 130, not an import's traceback.
+
+    Does nothing outside such a command's start, or when SIGINT is ignored (``nohup``, a background job)."""
+    prog = command_prog()
+    if prog is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_while_loading(prog))
+
+
+def raise_from_now_on() -> None:
+    """The command runs: Ctrl-C raises ``KeyboardInterrupt`` again, for ``finally`` blocks and ``run_cli``."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        if getattr(signal.getsignal(signal.SIGINT), "while_loading", False):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Linux: the kernel sends ``sig`` to this process when the thread that started it ends. False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(_WATCH_S)
+    os._exit(1)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a worker process: end as soon as ``parent_pid`` (the process that started it) is gone, even if it was
+    killed with SIGKILL. Ctrl-C is left to the parent (a terminal sends it to the whole process group): the
+    parent ends the workers itself. Linux: the kernel's parent-death signal; elsewhere a thread polling the
+    parent pid every second."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(AttributeError, OSError):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while the parent started us
+    if not set_parent_death_signal():
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Processes started inside inherit SIGINT blocked: a Ctrl-C while they import their modules reaches only
+    the parent (not lost: another thread of the parent takes it, or it waits until the block ends)."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (AttributeError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
