@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -501,6 +502,24 @@ def test_different_configs_across_processes(tmp_path):
     assert code != 0
     for line in _error_lines(err, 2):
         assert "different configs" in line and "lr: p0=0.0001, p1=0.0002" in line
+
+
+def test_workdir_in_use_ends_every_process(tmp_path):
+    """A 2-process run on a workdir locked by a live run: process 0 finds the lock, the other learns it through an
+    all-gather, and each ends with the one line naming the holder (none waits in a collective for the other)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = _start(["sleep", "600"])
+    lock = {"host": socket.gethostname(), "pid": holder.pid, "started": "2024-01-02 03:04:05", "heartbeat": time.time()}
+    (workdir / ".lock").write_text(json.dumps(lock))
+    try:
+        code, out, err = _launch(2, 1, *_train_cmd(workdir), timeout=LAUNCH_TIMEOUT)
+    finally:
+        _kill(holder)
+    assert code == 2, err[-3000:]
+    for line in _error_lines(err, 2):
+        assert "is in use by another training run" in line and f"pid {holder.pid}, started 2024-01-02" in line, line
+    assert json.loads((workdir / ".lock").read_text()) == lock
 
 
 def test_wrong_coordinator_address(tmp_path):

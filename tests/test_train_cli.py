@@ -1,5 +1,7 @@
-"""train.py end to end: bad input fails cleanly; kill -9 / SIGTERM and resume reproduce an uninterrupted run."""
+"""train.py end to end: bad input fails cleanly; kill -9 / SIGTERM and resume reproduce an uninterrupted run; a
+workdir in use is refused."""
 
+import json
 import os
 import shutil
 import signal
@@ -29,11 +31,10 @@ def _env(devices=1):
     return env
 
 
-def _train(workdir, *flags, devices=1, **kw):
-    cmd = [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir), *flags]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
+def _train(workdir, *flags, devices=1, script="train.py", **kw):
+    cmd = [sys.executable, str(script), "--config", "configs/default.py", "--workdir", str(workdir), *flags]
+    kw.setdefault("env", _env(devices))
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _fails_cleanly(workdir, *flags, devices=1, expect=""):
@@ -128,6 +129,8 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     out, err = third.communicate(timeout=600)
     assert third.returncode == 0, err
     assert "resumed from" in err
+    assert f"taking over the lock {broken}/.lock of a run that is gone" in err, "kill -9 left the lock behind"
+    assert f"pid {second.pid} is no longer running on this host" in err
     assert "train step loaded from" in err, "the first run kept its traced step; a resume should load it"
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
@@ -234,3 +237,28 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     step, state, _ = _final_state(workdir)
     assert step == 2 and int(state.step) == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+
+
+# ---------------------------------------------------------------------------------------------------------- faults
+def test_second_run_on_a_workdir_in_use_is_refused(tmp_path):
+    """A second train.py on a workdir in use (a SLURM requeue while the old job runs) stops at start with one line
+    naming the holder, and the first run continues untouched. (It used to train on, and both died with
+    FileNotFoundError from each other's Orbax files.) The first is paused (SIGSTOP) once it has saved a
+    checkpoint, so it is surely running while the second tries."""
+    workdir = tmp_path / "run"
+    flags = tiny_flags(iterations=6, checkpoint_every=2)
+    first = _train(workdir, *flags)
+    _wait_for_checkpoint(workdir, first)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        holder = json.loads((workdir / ".lock").read_text())
+        line = _fails_cleanly(workdir, *flags, expect=f"--workdir={workdir} is in use by another training run")
+        assert f"host {holder['host']}, pid {first.pid}, started {holder['started']}" in line, line
+        assert json.loads((workdir / ".lock").read_text()) == holder
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert _final_state(workdir)[0] == 6
+    assert not (workdir / ".lock").exists(), "the lock outlived its run"

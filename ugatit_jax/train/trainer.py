@@ -33,7 +33,7 @@ from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import losses, optim, parallel, step_cache
+from ugatit_jax.train import losses, optim, parallel, step_cache, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
@@ -324,6 +324,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "evaluator read the generator parameters on each process"
         )
     workdir = check_workdir(workdir)
+    with workdir_lock.hold(workdir):  # one run per workdir: a second one stops here, having touched nothing
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     enable_compilation_cache(config.xla_cache_dir)
     is_chief = jax.process_index() == 0
 
