@@ -14,18 +14,28 @@ the ``data`` item as ``{"processes": [state of process 0, ...]}`` (a single proc
 A damaged checkpoint (unparsable metadata, truncated or missing array files) is told apart from one that does
 not fit the model: restoring the latest checkpoint moves a damaged one aside to ``checkpoints/damaged/<step>-<time>``
 (never deleting it), logs why, and resumes from the newest intact one.
+
+A save that fails (a full disk: ENOSPC, EDQUOT, or any other OSError of the writer, synchronous or surfacing from
+the asynchronous save at the next save or at ``close``) raises ``SaveError``: one line with the error, the free
+space and the last complete checkpoint. The incomplete save stays in Orbax's temporary directory
+(``<step>.orbax-checkpoint-tmp``), which no restore reads and the next run's manager deletes; Orbax's own
+tracebacks of it are dropped from the log (the error is reported once, in our words).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -52,6 +62,110 @@ class DamagedCheckpointError(CheckpointError):
         super().__init__(f"checkpoint {step} is damaged: {reason}")
         self.step = step
         self.reason = reason
+
+
+class SaveError(CheckpointError):
+    """A checkpoint (or another file of the run) could not be written: a full disk, a quota, a failing device."""
+
+
+# Errors of writers that are not OSErrors (TensorStore's) but report one in their text.
+_OS_ERROR_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|Input/output error")
+
+
+def is_write_error(error: BaseException) -> bool:
+    """An error of the storage (full, over quota, read-only, failing), as opposed to a bug in what was saved."""
+    return isinstance(error, OSError) or bool(_OS_ERROR_TEXT.search(str(error)))
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def free_space(path: str) -> str:
+    """``12.3 MiB free`` on the filesystem of ``path`` (or of its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return f"{_size(shutil.disk_usage(path).free)} free"
+    except OSError:
+        return "free space unknown"
+
+
+def complete_steps(directory: str) -> list[int]:
+    """The steps of the finished checkpoints in ``directory`` (Orbax renames a save's temporary directory to its
+    step only once every file is written), oldest first."""
+    with contextlib.suppress(OSError):
+        return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    return []
+
+
+def _storage_error(error: BaseException) -> str:
+    """``No space left on device (ENOSPC)``, with the file where known, from an OSError or TensorStore's text."""
+    text = str(error)
+    if isinstance(error, OSError) and error.errno is not None:
+        code, message, file = error.errno, error.strerror or os.strerror(error.errno), error.filename
+    elif match := _OS_ERROR_TEXT.search(text):
+        number = re.search(r"os_error_code='?(\d+)", text)
+        written = re.search(r'writing local file "([^"]+)"', text)
+        code, message, file = int(number[1]) if number else None, match[0], written[1] if written else None
+    else:
+        return _first_line(error)
+    name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+    return f"{message}{name}" + (f", writing {file}" if file else "")
+
+
+def write_failure(error: BaseException, directory: str, what: str) -> SaveError:
+    """SaveError for ``what`` (``checkpoint 10``) that could not be written in the run of checkpoint ``directory``:
+    the error, the free space, and the checkpoint a re-run resumes from."""
+    steps = complete_steps(directory)
+    if steps:
+        then = (
+            f"the last complete checkpoint is step {steps[-1]} ({directory}/{steps[-1]}): free some space and run the "
+            "same command again to resume from it (an incomplete save is never resumed from)"
+        )
+    else:
+        then = "there is no complete checkpoint yet: free some space and run the same command again to start over"
+    return SaveError(f"could not write {what}: {_storage_error(error)}; {free_space(directory)} there; {then}")
+
+
+@contextlib.contextmanager
+def disk_errors(workdir: str) -> Iterator[None]:
+    """Turn a full disk's OSError from any write of a run (metrics, samples, logs) into SaveError."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise write_failure(error, checkpoint_dir(workdir), f"to {os.path.abspath(workdir)}") from None
+
+
+def _drop_save_tracebacks() -> None:
+    """Orbax logs a failed asynchronous save from each of its threads, traceback included (four tracebacks for
+    one full disk), before the error reaches ``Checkpointer``, which reports it once as SaveError. This drops
+    those records, and only those: Orbax's records with a storage error attached. Installed once, for the rest
+    of the process (the records come from Orbax's threads at moments this module does not control), with
+    ``_drop_abandoned_read_reports``."""
+    logger = logging.getLogger("absl")  # Orbax's logger
+    if any(getattr(f, "drops_save_tracebacks", False) for f in logger.filters):
+        return
+
+    def keep(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        from_orbax = f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+        return not (from_orbax and error is not None and is_write_error(error))
+
+    keep.drops_save_tracebacks = True
+    logger.addFilter(keep)
+    # A save that fails part-way leaves TensorStore writes running, whose callbacks then find Orbax's event loop
+    # closed: hundreds of "Event loop is closed" tracebacks, reported as unraisable exceptions, as after a failed read.
+    _drop_abandoned_read_reports()
 
 
 def _first_line(error: BaseException) -> str:
@@ -107,6 +221,9 @@ class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
         self.read_only = read_only
+        self._saving: int | None = None  # the step of the asynchronous save in flight
+        if not read_only:
+            _drop_save_tracebacks()
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints in {self.directory}: is --workdir the folder of a training run?")
         absl_log = logging.getLogger("absl")  # Orbax's logger
@@ -133,20 +250,48 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict | None, config: ml_collections.ConfigDict, *, force=False):
         """Start an asynchronous save; returns at once (call ``wait`` before reading the files).
 
-        Every process calls it with its own ``data_state``; with several, all of them are stored.
+        Every process calls it with its own ``data_state``; with several, all of them are stored. Raises SaveError
+        if the previous save failed, or this one cannot start.
         """
+        self._finish_save()
         data = data_state or {}
         if jax.process_count() > 1:
             data = {"processes": parallel.allgather_json(data)}
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_stored(state)),
-                data=ocp.args.JsonSave(data),
-                config=ocp.args.JsonSave(json.loads(config.to_json())),
-            ),
-            force=force,
-        )
+        try:
+            saved = self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_stored(state)),
+                    data=ocp.args.JsonSave(data),
+                    config=ocp.args.JsonSave(json.loads(config.to_json())),
+                ),
+                force=force,
+            )
+        except Exception as e:  # noqa: BLE001 - the writers raise OSError, TensorStore's errors and more
+            if not is_write_error(e):
+                raise
+            self._abandon()
+            raise write_failure(e, self.directory, f"checkpoint {step}") from None
+        self._saving = step
+        return saved
+
+    def _finish_save(self) -> None:
+        """Wait for the save in flight; SaveError if it failed."""
+        step, self._saving = self._saving, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if not is_write_error(e):
+                raise
+            self._abandon()
+            what = f"checkpoint {step}" if step is not None else "a checkpoint"
+            raise write_failure(e, self.directory, what) from None
+
+    def _abandon(self) -> None:
+        """After a failed save: end Orbax's background work (its threads would otherwise still run, and fail, while
+        the interpreter shuts down) without raising again."""
+        with contextlib.suppress(Exception):
+            self.manager.close()
 
     def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict]:
         """Restore (state, data item, config dict) onto the shardings given by ``abstract_state``.
@@ -294,17 +439,24 @@ class Checkpointer:
         return dict(restored.config)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish_save()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish_save()
         self.manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()  # also on an error: an asynchronous save still in flight completes
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # An error is on its way out: the save in flight completes (or fails) and the manager closes, quietly, so
+        # that error stays the one reported.
+        with contextlib.suppress(Exception):
+            self._finish_save()
+        self._abandon()
 
 
 def _shape_difference(saved: list[tuple[int, ...]], wanted: list[tuple[int, ...]], shown: int = 3) -> str:

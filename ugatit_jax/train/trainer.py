@@ -34,7 +34,7 @@ from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
 from ugatit_jax.train import losses, optim, parallel, step_cache, workdir_lock
-from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, host_data_state
+from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
 from ugatit_jax.train.state import (
@@ -158,8 +158,33 @@ class SummaryWriter:
             self._writer.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
-        if self._writer:
-            self._writer.close()
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        file_writers = list((writer.all_writers or {}).values())
+        try:
+            writer.close()
+        except OSError as error:  # a full disk: the run ends with its own message; this must not add tracebacks
+            log.warning("TensorBoard events not all written: %s", error)
+            for file_writer in file_writers:
+                _abandon_events(getattr(file_writer, "event_writer", None))
+
+
+def _abandon_events(events) -> None:
+    """Stop a tensorboardX event writer whose flush failed: its worker thread ends and its exit hook does nothing
+    (else each prints a traceback at interpreter exit: the flush fails again, the worker reads a closed queue)."""
+    if events is None or getattr(events, "_closed", True):
+        return
+    events._closed = True
+    with contextlib.suppress(Exception):
+        worker = events._worker
+        if worker.is_alive():
+            events._event_queue.put(worker._shutdown_signal, timeout=5)
+            worker.join(timeout=5)
+    with contextlib.suppress(Exception):
+        events._event_queue.cancel_join_thread()
+    with contextlib.suppress(Exception):
+        events._ev_writer.close()
 
 
 def spread_indices(n: int, k: int) -> list[int]:
@@ -324,7 +349,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "evaluator read the generator parameters on each process"
         )
     workdir = check_workdir(workdir)
-    with workdir_lock.hold(workdir):  # one run per workdir: a second one stops here, having touched nothing
+    # One run per workdir (a second one stops here, having touched nothing); a full disk ends it with one line.
+    with workdir_lock.hold(workdir), disk_errors(workdir):
         return _train(config, workdir)
 
 
@@ -370,7 +396,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
-    with ckpt, StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
+    with ckpt, contextlib.closing(writer), StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
         t_window, steps_in_window = time.perf_counter(), 0
         step = start
         while step < config.iterations and stop.received is None:
@@ -416,7 +442,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 check_finite(step, values, ckpt, params=state.params)
                 ckpt.save(step, state, batches.get_state(), config, force=True)
     batches.close()
-    writer.close()
     if is_chief:
         finish_run(workdir)
     skipped = train_iter.skipped
