@@ -105,9 +105,11 @@ def test_unreadable_lock_is_held_until_it_expires(tmp_path):
 def test_heartbeat_refreshes_and_a_lost_lock_is_left_alone(tmp_path, caplog):
     lock = WorkdirLock(str(tmp_path), heartbeat_s=0.02)
     lock.acquire()
-    started = _holder(tmp_path)["heartbeat"]
+    path = tmp_path / workdir_lock.LOCK_NAME
+    old = time.time() - 100
+    os.utime(path, (old, old))
     deadline = time.time() + 10
-    while _holder(tmp_path)["heartbeat"] == started:
+    while path.stat().st_mtime == old:
         assert time.time() < deadline, "the heartbeat never refreshed the lock"
         time.sleep(0.02)
     theirs = _plant(tmp_path, host="elsewhere", pid=1)  # another run took it over (this one seemed gone)

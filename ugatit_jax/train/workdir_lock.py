@@ -7,14 +7,14 @@ holder (host, pid, start time), before it touches anything, and the first contin
 
 The lock is a JSON record ``{host, pid, started, heartbeat, ...}`` created atomically (a complete temporary file
 hard-linked to ``.lock``, which fails if one exists; ``O_CREAT | O_EXCL`` where the filesystem has no hard
-links), refreshed by a heartbeat thread every ``HEARTBEAT_S`` seconds and removed when the run ends (normally, on
-an error, after SIGTERM). A lock left by a run that is gone (``kill -9``, a crashed host) is taken over with a
-warning:
+links). A heartbeat thread touches it every ``HEARTBEAT_S`` seconds (the file's modification time is the
+heartbeat from then on) and it is removed when the run ends (normally, on an error, after SIGTERM). A lock left
+by a run that is gone (``kill -9``, a crashed host) is taken over with a warning:
 
 * on the same host, when its pid is not running (or is another process now: its start time differs, or the host
   has rebooted since);
-* from another host, whose processes cannot be seen from here, when its heartbeat (or the file's modification
-  time, whichever is newer) is older than ``EXPIRY_S`` seconds.
+* from another host, whose processes cannot be seen from here, when its heartbeat (the record's, or the file's
+  modification time, whichever is newer) is older than ``EXPIRY_S`` seconds.
 
 A multi-process run holds one lock for all its processes: process 0 takes it and every process learns the result
 through one all-gather, so a refused lock ends each of them with the same one-line error.
@@ -38,7 +38,7 @@ from ugatit_jax.config import ConfigError
 log = logging.getLogger("ugatit_jax")
 
 LOCK_NAME = ".lock"
-HEARTBEAT_S = 60.0  # how often the holder rewrites its heartbeat
+HEARTBEAT_S = 60.0  # how often the holder renews its heartbeat
 EXPIRY_S = 600.0  # a lock from another host whose heartbeat is older than this is taken over
 
 
@@ -260,23 +260,18 @@ class WorkdirLock:
                 return
 
     def refresh(self) -> bool:
-        """Rewrite the heartbeat if the lock is still ours; False (and ``lost`` set, with a warning) if not."""
+        """Renew the heartbeat (the lock file's modification time) if the lock is still ours; False (and ``lost``
+        set, with a warning) if not. Only the time is touched, never the content: a run that took the lock over
+        between the check and the touch keeps its record (and merely looks alive a moment longer)."""
         if self.record is None:
             return False
-        with contextlib.suppress(OSError):  # a full disk or a network hiccup: try again next time
+        with contextlib.suppress(OSError):  # a network hiccup: try again next time
             held, _ = self.read()
             if held is None or held.get("token") != self.record["token"]:
                 self.lost = f"taken over by {describe(held)}" if held else "removed"
                 log.warning("the workdir lock %s is no longer this run's (%s)", self.path, self.lost)
                 return False
-            record = {**self.record, "heartbeat": time.time()}
-            temp = self._write_temp(record)
-            try:
-                os.replace(temp, self.path)
-            except OSError:
-                os.remove(temp)
-                raise
-            self.record = record
+            os.utime(self.path)
         return True
 
     def release(self) -> None:
