@@ -91,6 +91,7 @@ SLOWEST_FIRST = (
     "test_mixed_precision.py",
     "test_train_step.py",
     "test_shard_state.py",
+    "test_train_faults.py",
 )
 
 

@@ -34,6 +34,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -289,7 +290,10 @@ class Checkpointer:
 
     def _abandon(self) -> None:
         """After a failed save: end Orbax's background work (its threads would otherwise still run, and fail, while
-        the interpreter shuts down) without raising again."""
+        the interpreter shuts down) without raising again. The array writes the failed save had scheduled are never
+        run; their coroutines are dropped without the "coroutine ... was never awaited" warning each would print
+        when collected (at exit, after the run's one error line)."""
+        warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
         with contextlib.suppress(Exception):
             self.manager.close()
 
