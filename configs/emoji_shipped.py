@@ -7,20 +7,11 @@ to 0 from the half-way point) and ``ema_decay`` 0.999; translations use the aver
 machine, wall time and scores are in ``ugatit_jax/weights/emoji/MODEL_CARD.md``.
 """
 
-import importlib.util
-import pathlib
-
-
-def _emoji_config():
-    """``configs/emoji.py`` beside this file (config files are loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location("_emoji_config", pathlib.Path(__file__).with_name("emoji.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from ugatit_jax.config import sibling_config
 
 
 def get_config():
-    c = _emoji_config()
+    c = sibling_config(__file__, "emoji.py")
     c.iterations = 3000
     c.decay_flag = True
     c.ema_decay = 0.999

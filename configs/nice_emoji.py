@@ -11,20 +11,11 @@ flags, and why:
   explains.
 """
 
-import importlib.util
-import pathlib
-
-
-def _emoji_config():
-    """``configs/emoji.py`` beside this file (config files are loaded by path, not as a package)."""
-    spec = importlib.util.spec_from_file_location("_emoji_config", pathlib.Path(__file__).with_name("emoji.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from ugatit_jax.config import sibling_config
 
 
 def get_config():
-    c = _emoji_config()
+    c = sibling_config(__file__, "emoji.py")
     c.model = "nice"
     c.n_dis = 6
     return c

@@ -86,6 +86,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``name`` in the folder of ``config_file`` (a config file's ``__file__``):
+    config files are loaded by path, not imported as a package, so one that extends another loads it this way."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(config_file).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
     """Raise ConfigError naming the first bad option."""
 
