@@ -40,6 +40,7 @@ from ugatit_jax.train.optim import make_optimizers
 from ugatit_jax.train.state import TrainState, abstract_train_state, create_train_state
 from ugatit_jax.train.step import make_train_step
 from ugatit_jax.train.updates import Optimisers
+from ugatit_jax.train.watchdog import Watchdog
 
 log = logging.getLogger("ugatit_jax")
 
@@ -356,7 +357,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
-    with ckpt, StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
+    # Multi-process runs only. Entered first, left last: it also watches the final checkpoint's save.
+    watchdog = Watchdog.for_run(config.stall_timeout)
+    with watchdog, ckpt, StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
         t_window, steps_in_window = time.perf_counter(), 0
         step = start
         while step < config.iterations and stop.received is None:
@@ -365,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 t_compile = time.perf_counter()
             state, metrics = step_fn(state, batch)
             step += 1
+            watchdog.dispatched(step, metrics)
             steps_in_window += 1
             if step == start + 1:
                 jax.block_until_ready(state)
