@@ -181,6 +181,12 @@ class Watchdog:
         )
 
     def _end(self, message: str, publish: bool = False) -> None:
+        """The line first (a launcher may kill this process as soon as another one exits), then the others are told,
+        then the exit."""
+        sys.stdout.flush()
+        stream = self._stream or sys.stderr
+        stream.write(f"{self.prog}: error: {message}\n")
+        stream.flush()
         if publish and self.client is not None:
             io = threading.Thread(
                 target=lambda: self.client.key_value_set(STALLED, message, allow_overwrite=True), daemon=True
@@ -189,9 +195,5 @@ class Watchdog:
             io.join(self.poll)
             if self.process_index == 0:  # it hosts the coordination service: let the others read the line first
                 time.sleep(2 * self.poll)
-        sys.stdout.flush()
-        stream = self._stream or sys.stderr
-        stream.write(f"{self.prog}: error: {message}\n")
-        stream.flush()
         self._stop.set()
         self._exit(EXIT_STATUS)
