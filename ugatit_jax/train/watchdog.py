@@ -16,15 +16,12 @@ report, so it does not count.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import sys
 import threading
 import time
 
 import jax
-
-log = logging.getLogger("ugatit_jax")
 
 EXIT_STATUS = 3
 PREFIX = "ugatit_watchdog/"  # coordination-service keys: PREFIX + process index, and PREFIX + "stalled"
