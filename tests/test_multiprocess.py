@@ -13,6 +13,7 @@ Two kinds of runs:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -30,9 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 K_STEPS = 3  # worker runs: steps of global batch 4
 WORKER_BATCH = 4
 # train.py runs through the launcher. The worker's config differs from theirs only in settings the step program
-# does not see, so the 2x2 worker's compiled step serves process 0 of theirs from the persistent cache (on CPU,
-# JAX's cache key holds a topology fingerprint that differs between the processes of one run, so process 1 finds
-# nothing that process 0 wrote and compiles its own; measured with jax 0.10.2).
+# does not see, so the 2x2 worker's traced step serves theirs, and its compiled step serves process 0 of theirs from
+# the persistent cache (on CPU, JAX's cache key holds a topology fingerprint that differs between the processes of
+# one run, so process 1 finds nothing that process 0 wrote and compiles its own; measured with jax 0.10.2). On
+# jaxlib >= 0.12.1 every process compiles the programs that span processes (ugatit_jax.compilation_cache).
 ITERATIONS = 8
 RUN = dict(
     batch_size=WORKER_BATCH,
@@ -111,9 +113,36 @@ def _worker(spec: dict, devices=None) -> None:
     print("worker done", flush=True)
 
 
+def _stall_worker(timeout: float) -> None:
+    """Step 1 runs on both processes; step 2's collective runs on process 0 only, so it never completes. The
+    trainer's watchdog must end both processes (process 1 never started step 2) with one line each."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ugatit_jax.train import parallel
+    from ugatit_jax.train.watchdog import Watchdog
+
+    parallel.maybe_initialize_distributed()
+    mesh = parallel.make_mesh()
+    total = jax.jit(jnp.sum, out_shardings=parallel.replicated(mesh))  # an all-reduce across the processes
+    x = jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), np.ones(2, np.float32))
+    with Watchdog.for_run(timeout) as watchdog:
+        first = total(x)
+        watchdog.dispatched(1, first)
+        print("step 1:", float(first), flush=True)
+        if jax.process_index() == 0:
+            watchdog.dispatched(2, total(x))
+        time.sleep(600)  # the watchdog ends the process long before
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
     sys.path.insert(0, ROOT)
     _worker(json.loads(sys.argv[2]))
+    sys.exit(0)
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "stall":
+    sys.path.insert(0, ROOT)
+    _stall_worker(float(sys.argv[2]))
     sys.exit(0)
 
 # ---------------------------------------------------------------------------------------------------- the tests
@@ -453,6 +482,61 @@ def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def _lines_by_process(err: str) -> dict[int, list[str]]:
+    """The launcher's output per child. A line without the ``[pN]`` prefix continues the one before it: the
+    progress bar's carriage returns read as line ends here (text mode)."""
+    found: dict[int, list[str]] = collections.defaultdict(list)
+    process = None
+    for line in err.splitlines():
+        m = re.match(r"\[p(\d+)\] (.*)", line)
+        if m:
+            process, line = int(m.group(1)), m.group(2)
+        elif line.startswith("[launch]"):
+            process = None
+        if process is not None:
+            found[process].append(line)
+    return found
+
+
+def _persistent_misses(lines: list[str]) -> list[str]:
+    """The programs JAX looked up in the persistent cache and did not find (JAX_EXPLAIN_CACHE_MISSES)."""
+    return [m.group(1) for line in lines if (m := re.search(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'", line))]
+
+
+def test_warm_relaunch_finishes(reference_run, tmp_path):
+    """The reference setup launched again on the warm persistent cache (resuming its step-6 checkpoint): both
+    processes load the traced step, the run finishes, and it ends equal to the reference. This is the launch that
+    hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md). Where mixing cached and fresh executables is safe,
+    process 0 still loads the compiled step (process 1 never finds one on CPU); where it is not, no process looks
+    the step up at all."""
+    from ugatit_jax.compilation_cache import mixed_executables_hang
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
+    shutil.rmtree(workdir / "checkpoints" / str(ITERATIONS))
+    t = time.perf_counter()
+    env = _env() | {"JAX_EXPLAIN_CACHE_MISSES": "1"}
+    code, out, err = _finish(_start(_launch_cmd(2, 2, *_train_cmd(workdir, NO_EVAL)), env=env))
+    print(f"warm 2x2 relaunch, 2 steps: {time.perf_counter() - t:.0f} s")
+    assert code == 0, err[-6000:]
+    assert f"at step {ITERATIONS - 2}" in err
+    lines = _lines_by_process(err)
+    for i in range(2):
+        assert any(re.search(r"train step loaded from .*\(not traced\)", line) for line in lines[i]), lines[i][-20:]
+    misses = [_persistent_misses(lines[i]) for i in range(2)]
+    step_missed = [sorted({name for name in names if name.startswith("jit_step")}) for names in misses]
+    assert misses[1], "JAX_EXPLAIN_CACHE_MISSES reported nothing: process 1 finds no entry of process 0's"
+    if mixed_executables_hang():
+        assert step_missed == [[], []], step_missed  # the guard: nobody looked the step up
+    else:
+        assert step_missed[0] == [] and step_missed[1], step_missed  # process 0 loaded it, process 1 compiled
+    ref_step, ref_state, ref_data = _final_state(reference_run[0])
+    step, state, data = _final_state(workdir)
+    assert step == ref_step == ITERATIONS and data == ref_data
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(ref_state)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_two_process_run_resumes_in_one(reference_run, tmp_path):
     """train.py in 1 process x 4 devices resumes a 2-process run's checkpoint (the data order changes: logged)."""
     workdir = tmp_path / "run"
@@ -575,3 +659,18 @@ def test_launcher_ends_the_others_when_one_fails():
     assert "p0 exited with status 3: ending the other processes" in err
     pids = _pids(err)
     assert not _alive(pids[1])
+
+
+def test_watchdog_ends_a_stalled_run():
+    """Process 0 waits in a collective that process 1 never joins: within the stall timeout, both processes end
+    with one line naming step 2 and who did not answer, and the launcher exits with the watchdog's status."""
+    from ugatit_jax.train.watchdog import EXIT_STATUS
+
+    t = time.perf_counter()
+    code, out, err = _launch(2, 2, os.path.join(HERE, "test_multiprocess.py"), "stall", "3", extra=("--settle", "10"))
+    print(f"stalled run ended in {time.perf_counter() - t:.1f} s (status {code})")
+    assert out.count("step 1: 4.0") == 2, out
+    assert code == EXIT_STATUS, err[-3000:]
+    for line in _error_lines(err, 2):
+        assert "no progress for 3 s (config.stall_timeout): step 2 did not finish" in line, line
+        assert line.endswith("processes that did not answer: 0 (waiting in it), 1 (not started)"), line

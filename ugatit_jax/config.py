@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 10_000
     c.keep_checkpoints = 3
     c.xla_cache_dir = compilation_cache.DEFAULT_DIR  # persistent compilation cache ("" = off)
+    # Multi-process runs: seconds without a finished step before every process ends with one error line naming the
+    # step and the processes that did not answer (exit status 3), instead of idling forever in a collective that
+    # never completes; 0 = off. Must outlast the longest evaluation, sample strip or checkpoint save.
+    c.stall_timeout = 600.0
     return c
 
 
@@ -154,6 +158,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     need(c.num_samples > 0, "num_samples", "must be positive")
     need(c.num_workers >= 0, "num_workers", "must be >= 0")
     need(c.prefetch >= 1, "prefetch", "must be >= 1")
+    need(c.stall_timeout >= 0, "stall_timeout", "must be >= 0 seconds (0 = off)")
     need(c.emoji_limit >= 0, "emoji_limit", "must be >= 0")
     need(c.crop_margin >= 0, "crop_margin", "must be >= 0 (0 = resize only, no random crop)")
     need(

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ugatit_jax.compilation_cache import guard_cross_process_programs
 from ugatit_jax.config import ConfigError
 
 DATA_AXIS = "data"
@@ -85,6 +86,8 @@ def maybe_initialize_distributed() -> None:
         if size is not None and size.isdigit() and int(size) <= 1:
             return
         where = f"the {found[0]} job"
+    # Before any program spans the processes: a cache JAX_COMPILATION_CACHE_DIR turned on may already be in use.
+    guard_cross_process_programs()
     try:
         _initialize_without_abort(kwargs)
     except Exception as e:  # noqa: BLE001 - XLA reports connection failures as several runtime error types

@@ -1,9 +1,10 @@
 """Traced train steps kept on disk (``jax.export``), next to XLA's persistent compilation cache.
 
 XLA's cache spares a warm start the compile, not the trace: before JAX can even look the program up it runs the
-Python of the whole step (about ten thousand jaxpr equations for the tests' tiny U-GAT-IT; 4-5 s on a 2-core CPU,
-longer for the paper's model). So the step is exported once, as serialized StableHLO, and a later start with the
-same key loads it in milliseconds and jits a one-call wrapper around it, whose compiled program XLA's cache holds.
+Python of the whole step (about ten thousand jaxpr equations for the tests' tiny U-GAT-IT: seconds on a CPU,
+longer for the paper's model; ``docs/speed.md``). So the step is exported once, as serialized StableHLO, and a
+later start with the same key loads it in milliseconds and jits a one-call wrapper around it, whose compiled
+program XLA's cache holds.
 
 The key is everything the traced program depends on: this package's source files, the versions of the libraries
 that trace it, JAX's configuration, the caller's config values (``trainer.STEP_KEYS``), the tree, shapes, dtypes

@@ -46,6 +46,7 @@ from ugatit_jax.train.state import (
 )
 from ugatit_jax.train.step import make_train_step
 from ugatit_jax.train.updates import Optimisers
+from ugatit_jax.train.watchdog import Watchdog
 
 log = logging.getLogger("ugatit_jax")
 
@@ -127,8 +128,8 @@ class StopSignal:
 
 def _tensorboardx_writer_class():
     """tensorboardX's ``SummaryWriter``, imported with torch hidden unless torch is loaded already: its writer
-    module imports torch, when installed, only to accept torch tensors (we log numpy), which added 1.8 s to every
-    start with the ``[torch]`` extra installed (2-core Xeon)."""
+    module imports torch, when installed, only to accept torch tensors (we log numpy), which added seconds to every
+    start with the ``[torch]`` extra installed (``docs/speed.md``)."""
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
@@ -396,7 +397,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
-    with ckpt, contextlib.closing(writer), StopSignal() as stop, _progress(config.iterations, start, is_chief) as bar:
+    # Multi-process runs only. Entered first, left last: it also watches the final checkpoint's save.
+    watchdog = Watchdog.for_run(config.stall_timeout)
+    with (
+        watchdog,
+        ckpt,
+        contextlib.closing(writer),
+        StopSignal() as stop,
+        _progress(config.iterations, start, is_chief) as bar,
+    ):
         t_window, steps_in_window = time.perf_counter(), 0
         step = start
         while step < config.iterations and stop.received is None:
@@ -405,6 +414,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 t_compile = time.perf_counter()
             state, metrics = step_fn(state, batch)
             step += 1
+            watchdog.dispatched(step, metrics)
             steps_in_window += 1
             if step == start + 1:
                 jax.block_until_ready(state)
