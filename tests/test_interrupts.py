@@ -36,6 +36,9 @@ def _start(args, cwd=ROOT):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group and session, as a terminal's foreground job
+        # ... with Ctrl-C at its default, as a terminal gives it: a job a non-interactive shell started in the
+        # background (`cmd &`) inherits SIGINT ignored, and so would every command started from it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -15,7 +15,9 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -148,6 +150,7 @@ class SummaryWriter:
         self._writer = None
         if enabled:
             self._writer = _tensorboardx_writer_class()(logdir, flush_secs=30)
+            _quiet_event_thread_errors()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer:
@@ -169,6 +172,25 @@ class SummaryWriter:
             log.warning("TensorBoard events not all written: %s", error)
             for file_writer in file_writers:
                 _abandon_events(getattr(file_writer, "event_writer", None))
+
+
+def _quiet_event_thread_errors() -> None:
+    """tensorboardX writes events from a thread of its own; when the disk fills there, the thread dies with a
+    traceback on stderr, in the middle of the run's one error line about the full disk. This reports such an
+    OSError of that thread as one warning instead; every other thread exception reaches the previous hook."""
+    if getattr(threading.excepthook, "quiets_event_writer", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args):
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
+            log.warning("TensorBoard's event writer stopped: %s", args.exc_value)
+            return
+        previous(args)
+
+    hook.quiets_event_writer = True
+    threading.excepthook = hook
 
 
 def _abandon_events(events) -> None:
