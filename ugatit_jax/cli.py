@@ -77,6 +77,17 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         ) from None
 
 
+def check_run_or_pretrained(args) -> None:
+    """The model flags of ``evaluate`` and ``export``: exactly one of ``--workdir`` and ``--pretrained``, and the
+    run-only flags (``--step``, ``--no-ema``) only with a run: a shipped model holds one step, averaged already."""
+    if bool(args.workdir) == bool(args.pretrained):
+        raise UsageError("give exactly one of --workdir RUN and --pretrained NAME")
+    if args.pretrained:
+        for flag, given in (("--step", args.step is not None), ("--no-ema", args.no_ema)):
+            if given:
+                raise UsageError(f"{flag} applies to --workdir only; a shipped model holds one step, averaged already")
+
+
 def check_writable(path: str, *, folder: bool = False, name: str | None = None) -> None:
     """Fails now, not after minutes of work, when ``path`` (a file, or with ``folder`` a folder) cannot be written:
     a broken symbolic link, a file in the way, a read-only file system, no permission. Creates nothing.

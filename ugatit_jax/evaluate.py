@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main
+from ugatit_jax.cli import UsageError, check_run_or_pretrained, check_writable, doc_parser, make_main
 from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -81,10 +81,7 @@ def _run(args) -> None:
     from ugatit_jax.data import get_source
     from ugatit_jax.evaluation.evaluator import format_table, write_record
 
-    if bool(args.workdir) == bool(args.pretrained):
-        raise UsageError("give exactly one of --workdir RUN and --pretrained NAME")
-    if args.pretrained and args.step is not None:
-        raise UsageError("--step applies to --workdir only; a shipped model holds one step")
+    check_run_or_pretrained(args)
     for flag, value, low in (
         ("--kid-subset-size", args.kid_subset_size, 2),
         ("--kid-subsets", args.kid_subsets, 1),

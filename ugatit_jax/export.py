@@ -30,7 +30,7 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import Parser, UsageError, check_writable, make_main
+from ugatit_jax.cli import Parser, UsageError, check_run_or_pretrained, check_writable, make_main
 from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
@@ -86,10 +86,7 @@ def _onnx_module():
 
 def _check(args) -> None:
     """Every flag that does not fit the others, before anything is loaded."""
-    if bool(args.workdir) == bool(args.pretrained):
-        raise UsageError("give exactly one of --workdir RUN and --pretrained NAME")
-    if args.pretrained and (args.step is not None or args.no_ema):
-        raise UsageError(f"{'--step' if args.step is not None else '--no-ema'} applies to --workdir only")
+    check_run_or_pretrained(args)
     if args.format == "pt":
         if args.pretrained:
             raise UsageError(
