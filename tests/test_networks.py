@@ -286,3 +286,25 @@ def test_traced_rngs_draw_the_keys_of_nnx_rngs():
     np.testing.assert_array_equal(jax.jit(lambda k: data(draws(TracedRngs(k))))(key), expected)
     with pytest.raises(AttributeError):
         TracedRngs(key).dropout()
+
+
+def test_disc_ch_widens_only_the_discriminators():
+    """``config.disc_ch``: U-GAT-IT's discriminators get their own base width; 0 keeps the official one (ch)."""
+    from ugatit_jax.config import ConfigError, validate
+
+    from ugatit_jax.models.family import abstract_model
+
+    def networks(config):
+        model = nnx.merge(*abstract_model(config))
+        return {n: getattr(model, n) for n in UGATIT.NAMES}
+
+    official = networks(tiny_config())
+    wide = networks(tiny_config(disc_ch=2 * tiny_config().ch))
+    for name in UGATIT.GENERATORS:
+        assert n_params(wide[name]) == n_params(official[name]), name
+    for name in UGATIT.DISCRIMINATORS:
+        assert n_params(wide[name]) > 3 * n_params(official[name]), name  # the convs grow with the square of the width
+    with pytest.raises(ConfigError, match="disc_ch"):
+        validate(tiny_config(model="nice", disc_ch=8))
+    with pytest.raises(ConfigError, match="disc_ch"):
+        validate(tiny_config(disc_ch=-1))

@@ -63,7 +63,10 @@ def _options(config) -> dict:
 
 def _build_ugatit(config, rngs: nnx.Rngs) -> UGATIT:
     layers = config.disc_global_layers, config.disc_local_layers
-    return UGATIT(config.ch, config.n_res, config.img_size, config.light, *layers, **_options(config), rngs=rngs)
+    disc_ch = config.get("disc_ch") or None  # absent from configs saved before the key existed
+    return UGATIT(
+        config.ch, config.n_res, config.img_size, config.light, *layers, disc_ch=disc_ch, **_options(config), rngs=rngs
+    )
 
 
 def _translate_ugatit(nets, x, direction):
@@ -109,7 +112,7 @@ def get_family(config_or_name) -> Family:
 
 # Every config key the builders above read: two configs that agree on them build the same model.
 ARCHITECTURE_KEYS = (
-    "model", "ch", "n_res", "img_size", "light", "disc_global_layers", "disc_local_layers", "n_dis",
+    "model", "ch", "n_res", "img_size", "light", "disc_global_layers", "disc_local_layers", "disc_ch", "n_dis",
     "compute_dtype", "remat",
 )  # fmt: skip
 
