@@ -291,7 +291,6 @@ def test_traced_rngs_draw_the_keys_of_nnx_rngs():
 def test_disc_ch_widens_only_the_discriminators():
     """``config.disc_ch``: U-GAT-IT's discriminators get their own base width; 0 keeps the official one (ch)."""
     from ugatit_jax.config import ConfigError, validate
-
     from ugatit_jax.models.family import abstract_model
 
     def networks(config):
