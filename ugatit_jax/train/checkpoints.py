@@ -43,6 +43,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ugatit_jax.errors import ExpectedError
 from ugatit_jax.train import parallel
 
 log = logging.getLogger("ugatit_jax")
@@ -52,7 +53,7 @@ DAMAGED_DIR = "damaged"
 _LAYOUT_KEYS = ("process_index", "process_count")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ExpectedError, RuntimeError):
     """A checkpoint that cannot be restored into the current run."""
 
 

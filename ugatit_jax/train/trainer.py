@@ -29,6 +29,7 @@ from ugatit_jax import data as data_lib
 from ugatit_jax.compilation_cache import enable_compilation_cache
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.directions import DIRECTIONS
+from ugatit_jax.errors import ExpectedError
 from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
@@ -339,7 +340,7 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
-class DivergedError(FloatingPointError):
+class DivergedError(ExpectedError, FloatingPointError):
     """Training produced NaN or inf; raised before such a state can be checkpointed."""
 
 
