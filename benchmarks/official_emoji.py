@@ -15,7 +15,6 @@ for number::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -83,7 +82,9 @@ def evaluate_checkpoint(config, checkpoint: pathlib.Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python benchmarks/official_emoji.py", description=__doc__.splitlines()[0])
+    from ugatit_jax.cli import Parser
+
+    parser = Parser(prog="official_emoji.py", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--official", required=True, help="checkout or bare git dir: UGATIT-pytorch (NICE-GAN-pytorch for NICE)"
     )
