@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ugatit_jax"
 
 # Lowest first; a module belongs to the layer of its longest listed prefix ("" is the package's __init__).
 LAYERS = (
-    ("errors", "memo", "directions", "compilation_cache", "config", "pixels", "interrupts"),  # no imports but each other
+    # no imports but each other
+    ("errors", "memo", "directions", "compilation_cache", "config", "pixels", "interrupts", "run_dir"),
     ("nn", "data"),
     ("models",),
     ("interop", "train"),  # the official key mapping; the pure train step, its state, Orbax, the mesh

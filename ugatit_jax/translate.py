@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ugatit_jax import run_dir
 from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main, warn_line
 from ugatit_jax.directions import DIRECTIONS, domains, label
 from ugatit_jax.inference import default_batch_size
@@ -410,7 +411,7 @@ def _run(args) -> None:
         model = load_model(args)
         if args.pretrained and not args.output:
             raise UsageError("--test-split with --pretrained needs --output FOLDER")
-        output = args.output or os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "test")
+        output = args.output or run_dir.test_dir(args.workdir)
         check_writable(output, folder=True, name=f"--output {output}")
         source = dataset_for_test_split(args, model)
         batch_size = args.batch_size or default_batch_size()
