@@ -167,7 +167,7 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
 
     def parse_and_run() -> None:
         args = parser.parse_args(argv)
-        from ugatit_jax.compilation_cache import enable_compilation_cache
+        from ugatit_jax.xla.compilation_cache import enable_compilation_cache
 
         enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
         run(args)

@@ -10,8 +10,8 @@ import os
 
 import ml_collections
 
-from ugatit_jax import compilation_cache
 from ugatit_jax.errors import ExpectedError
+from ugatit_jax.xla import compilation_cache
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODELS = ("ugatit", "nice")

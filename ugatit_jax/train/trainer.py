@@ -25,7 +25,6 @@ import numpy as np
 
 from ugatit_jax import data as data_lib
 from ugatit_jax import run_dir
-from ugatit_jax.compilation_cache import enable_compilation_cache
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.errors import ExpectedError
@@ -33,9 +32,8 @@ from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_transl
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
-from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import losses, optim, parallel, step_cache, workdir_lock
+from ugatit_jax.train import losses, optim, parallel, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
@@ -49,6 +47,9 @@ from ugatit_jax.train.state import (
 from ugatit_jax.train.step import make_train_step
 from ugatit_jax.train.updates import Optimisers
 from ugatit_jax.train.watchdog import Watchdog
+from ugatit_jax.xla import step_cache
+from ugatit_jax.xla.compilation_cache import enable_compilation_cache
+from ugatit_jax.xla.memo import remember
 
 log = logging.getLogger("ugatit_jax")
 
