@@ -153,7 +153,6 @@ def _read_ahead(pool, jobs, img_size: int, ahead: int):
 class TranslateResult:
     translated: int
     skipped: list[str]
-    renamed: int
     compile_s: float
     run_s: float
 
@@ -250,7 +249,7 @@ def translate_jobs(
     bar.close()
     if not readable:
         raise UsageError(f"--input: none of the {len(jobs)} image file(s) could be read; see the warnings above")
-    return TranslateResult(len(readable), skipped, 0, compile_s, run_s)
+    return TranslateResult(len(readable), skipped, compile_s, run_s)
 
 
 # ----------------------------------------------------------------------------
