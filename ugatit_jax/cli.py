@@ -176,8 +176,8 @@ def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
 
 
 def make_main(prog: str, parser: Callable[[], argparse.ArgumentParser], run) -> Callable[..., int]:
-    """The ``main(argv=None) -> exit code`` of a ``python -m ugatit_jax.<command>`` module: ``run_cli`` with a fresh
-    parser per call (tests call ``main`` many times)."""
+    """The ``main(argv=None) -> exit code`` of a ``python -m ugatit_jax.<command>`` module or a script of scripts/:
+    ``run_cli`` with a fresh parser per call (tests call ``main`` many times)."""
 
     def main(argv=None) -> int:
         return run_cli(prog, parser(), run, argv)
