@@ -13,15 +13,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ugatit_jax"
 
 # Lowest first; a module belongs to the layer of its longest listed prefix ("" is the package's __init__).
 LAYERS = (
-    ("memo", "directions", "compilation_cache", "config", "pixels", "interrupts"),  # no imports but each other
-    ("nn", "data"),
-    ("models",),
+    # The ground floor, importing nothing above it: the error base, A2B/B2A, uint8 <-> [-1, 1], Ctrl-C, the run
+    # folder's layout, and xla/ (compiling once and fast; compilation_cache.py: its old name, for train/parallel.py)
+    ("errors", "directions", "pixels", "interrupts", "run_dir", "xla", "compilation_cache"),
+    ("config",),  # every config key (its default cache folder is xla's)
+    ("nn", "data"),  # the building blocks a researcher lifts; the input pipeline
+    ("models",),  # the two families, built from nn
     ("interop", "train"),  # the official key mapping; the pure train step, its state, Orbax, the mesh
-    ("inference",),
-    ("loading", "evaluation"),
+    ("inference",),  # the jitted translation
+    ("loading", "evaluation"),  # load(); the evaluator, metrics, the run's page
     ("interop.onnx_export",),  # converts a loaded Translator
-    ("cli",),
-    ("train.trainer",),
+    ("cli",),  # the commands' one convention
+    ("train.trainer",),  # the loop: train.py's alone
     ("", "translate", "evaluate", "export", "report", "launch", "data.__main__"),  # the API and the commands
 )
 TRAINER = "train.trainer"

@@ -34,7 +34,7 @@ WORKER_BATCH = 4
 # does not see, so the 2x2 worker's traced step serves theirs, and its compiled step serves process 0 of theirs from
 # the persistent cache (on CPU, JAX's cache key holds a topology fingerprint that differs between the processes of
 # one run, so process 1 finds nothing that process 0 wrote and compiles its own; measured with jax 0.10.2). On
-# jaxlib >= 0.12.1 every process compiles the programs that span processes (ugatit_jax.compilation_cache).
+# jaxlib >= 0.12.1 every process compiles the programs that span processes (ugatit_jax.xla.compilation_cache).
 ITERATIONS = 8
 RUN = dict(
     batch_size=WORKER_BATCH,
@@ -57,10 +57,10 @@ def _worker(spec: dict, devices=None) -> None:
     import numpy as np
     from tiny import random_model, tiny_config
 
-    from ugatit_jax.compilation_cache import enable_compilation_cache
     from ugatit_jax.train import parallel, trainer
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.xla.compilation_cache import enable_compilation_cache
 
     parallel.maybe_initialize_distributed()
     # the test session's cache (conftest.py): compiles shared with train.py runs and the tests
@@ -509,7 +509,7 @@ def test_warm_relaunch_finishes(reference_run, tmp_path):
     hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md). Where mixing cached and fresh executables is safe,
     process 0 still loads the compiled step (process 1 never finds one on CPU); where it is not, no process looks
     the step up at all."""
-    from ugatit_jax.compilation_cache import mixed_executables_hang
+    from ugatit_jax.xla.compilation_cache import mixed_executables_hang
 
     workdir = tmp_path / "run"
     shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")

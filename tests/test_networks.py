@@ -14,9 +14,9 @@ from ugatit_jax.models.family import build_model
 from ugatit_jax.models.nice import NiceGenerator
 from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
 from ugatit_jax.nn.attention import CAMAttention
-from ugatit_jax.nn.jit_init import abstract_module, jit_init
 from ugatit_jax.nn.norms import ILN, AdaILN
 from ugatit_jax.nn.spectral_norm import SpectralNorm
+from ugatit_jax.xla.jit_init import abstract_module, jit_init
 
 B = 2
 
@@ -276,7 +276,7 @@ def test_build_model_is_seeded_and_draws_torch_default_bounds(model):
 def test_traced_rngs_draw_the_keys_of_nnx_rngs():
     """``jit_init.TracedRngs`` stands in for ``nnx.Rngs(key)`` while constructing: the same key for every draw, in
     order, eagerly and traced; a stream it does not have is an error, not a silent stand-in."""
-    from ugatit_jax.nn.jit_init import TracedRngs
+    from ugatit_jax.xla.jit_init import TracedRngs
 
     draws = lambda rngs: [rngs.params(), rngs(), rngs.default(), rngs.params()]
     data = lambda keys: jnp.stack([jax.random.key_data(k) for k in keys])

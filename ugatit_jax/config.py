@@ -10,14 +10,15 @@ import os
 
 import ml_collections
 
-from ugatit_jax import compilation_cache
+from ugatit_jax.errors import ExpectedError
+from ugatit_jax.xla import compilation_cache
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODELS = ("ugatit", "nice")
 DATASETS = ("emoji", "folder", "tfds", "synthetic")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config value that cannot work; the message names the option."""
 
 

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.memo import remember
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
-from ugatit_jax.nn.jit_init import jit_init
+from ugatit_jax.xla.jit_init import jit_init
+from ugatit_jax.xla.memo import remember
 
 Translation = tuple[jax.Array, jax.Array, jax.Array]  # image, cam_logit, heatmap
 
@@ -125,7 +125,7 @@ def _architecture_key(config) -> tuple:
 
 def build_model(config, seed: int | None = None) -> nnx.Module:
     """Every network of ``config``'s family, randomly initialised as the official code does (seeded), by one
-    compiled program (``ugatit_jax.nn.jit_init``)."""
+    compiled program (``ugatit_jax.xla.jit_init``)."""
     family = get_family(config)
     seed = config.seed if seed is None else seed
     return jit_init(lambda rngs: family.build(config, rngs), seed, cache_key=_architecture_key(config))

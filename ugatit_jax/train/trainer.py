@@ -8,8 +8,6 @@ pipeline's position), so an interrupted run ends with the same parameters as an 
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import logging
 import os
 import signal
@@ -26,16 +24,16 @@ import ml_collections
 import numpy as np
 
 from ugatit_jax import data as data_lib
-from ugatit_jax.compilation_cache import enable_compilation_cache
+from ugatit_jax import run_dir
 from ugatit_jax.config import ConfigError, validate
 from ugatit_jax.directions import DIRECTIONS
+from ugatit_jax.errors import ExpectedError
 from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
 from ugatit_jax.evaluation.visualize import save_png, strip
 from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
-from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import losses, optim, parallel, step_cache, workdir_lock
+from ugatit_jax.train import losses, optim, parallel, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
@@ -49,6 +47,9 @@ from ugatit_jax.train.state import (
 from ugatit_jax.train.step import make_train_step
 from ugatit_jax.train.updates import Optimisers
 from ugatit_jax.train.watchdog import Watchdog
+from ugatit_jax.xla import step_cache
+from ugatit_jax.xla.compilation_cache import enable_compilation_cache
+from ugatit_jax.xla.memo import remember
 
 log = logging.getLogger("ugatit_jax")
 
@@ -241,19 +242,19 @@ class Sampler:
         }
         self.family = get_family(config)
         self.fn = make_cycle_fn(self.family, graphdefs)
-        self.dir = os.path.join(workdir, "samples")
+        self.workdir = workdir
 
     def __call__(self, state: TrainState, step: int, writer: SummaryWriter) -> None:
         nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
         for (split, direction), images in self.images.items():
             image = strip(jax.device_get(self.fn(nets, images, direction)))
-            save_png(image, os.path.join(self.dir, f"{direction}_{split}_{step:07d}.png"))
+            save_png(image, run_dir.sample_file(self.workdir, direction, split, step))
             writer.image(step, f"samples/{split}/{direction}", image)
 
 
 class RunEvaluator:
     """The shared ``evaluation.evaluator.Evaluator`` on the train state; each record goes to
-    ``workdir/eval/step_<N>.json``, the file ``python -m ugatit_jax.evaluate`` writes for a checkpoint."""
+    ``run_dir.eval_file``, the file ``python -m ugatit_jax.evaluate`` writes for a checkpoint."""
 
     def __init__(self, config, source, graphdefs, workdir: str):
         self.evaluator = Evaluator(source, config.img_size, classifier_steps=config.classifier_steps)
@@ -266,59 +267,14 @@ class RunEvaluator:
         record = self.evaluator(self.bind(nets))
         averaged = " (EMA)" if state.ema else ""  # as ``load`` names a run's averaged model
         record = {"model": f"{os.path.basename(self.workdir)} step {step}{averaged}", "step": step, **record}
-        write_record(record, os.path.join(self.workdir, "eval", f"step_{step}.json"))
+        write_record(record, run_dir.eval_file(self.workdir, step))
         return record
-
-
-METRICS_FILE = "metrics.jsonl"
-
-
-def forget_after(workdir: str, step: int) -> None:
-    """Drop what a run logged past ``step`` (the restored checkpoint): lines of ``metrics.jsonl`` and
-    ``eval/step_<N>.json`` files. The resumed run logs those steps again, so curves never double back."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-        kept = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    if int(json.loads(line)["step"]) <= step:
-                        kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    for file in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
-        with contextlib.suppress(ValueError):
-            if int(os.path.basename(file)[len("step_") : -len(".json")]) > step:
-                os.remove(file)
-
-
-def append_metrics(workdir: str, step: int, values: dict[str, float]) -> None:
-    """One JSON line per log step in ``workdir/metrics.jsonl``: the loss curves of ``python -m ugatit_jax.report``."""
-    line = json.dumps({"step": step, **{k: v for k, v in values.items() if np.isfinite(v)}})
-    with open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-
-
-def latest_evaluation(workdir: str) -> dict | None:
-    """The evaluation record of the highest step in ``workdir/eval``, or None."""
-    steps = []
-    for file in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
-        with contextlib.suppress(ValueError):
-            steps.append((int(os.path.basename(file)[len("step_") : -len(".json")]), file))
-    for _, file in sorted(steps, reverse=True):
-        with contextlib.suppress(OSError, ValueError), open(file, encoding="utf-8") as f:
-            record = json.load(f)
-            if isinstance(record, dict) and "scores" in record:
-                return record
-    return None
 
 
 def finish_run(workdir: str) -> None:
     """End of training (process 0): the latest evaluation as a table, baseline beside each number, and the run
     report. Neither may fail the run: its checkpoints are already saved."""
-    record = latest_evaluation(workdir)
+    record = run_dir.latest_evaluation(workdir)
     if record is not None:
         log.info(
             "evaluation at step %s (each number beside the untranslated input's):\n%s",
@@ -339,7 +295,7 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
-class DivergedError(FloatingPointError):
+class DivergedError(ExpectedError, FloatingPointError):
     """Training produced NaN or inf; raised before such a state can be checkpointed."""
 
 
@@ -410,12 +366,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
+    writer = SummaryWriter(run_dir.tensorboard_dir(workdir), enabled=is_chief)
     sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
     # Process 0 only: its numbers are the run's, and other hosts would only wait for it at the next step anyway.
     evaluator = RunEvaluator(config, source, graphdefs, workdir) if config.eval_every and is_chief else None
     if is_chief:
-        forget_after(workdir, start)
+        run_dir.forget_after(workdir, start)
     last: dict[str, Any] = {}
     images_per_step = 2 * config.batch_size  # one batch of each domain
 
@@ -451,7 +407,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 check_finite(step, values, ckpt)
                 writer.scalars(step, values)
                 if is_chief:
-                    append_metrics(workdir, step, values)
+                    run_dir.append_metrics(workdir, step, values)
                 bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
                 last = values
                 t_window, steps_in_window = time.perf_counter(), 0
