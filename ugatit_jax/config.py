@@ -40,9 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.n_dis = 7  # NICE-GAN only: discriminator depth (its local and global heads share the encoder)
     c.compute_dtype = "float32"  # or "bfloat16": params, optimiser state and normalisation stay float32
     c.remat = False  # recompute residual blocks in the backward pass to save memory
-    # Split parameters and both Adam states over the devices (FSDP-style: each array along its largest dimension
-    # divisible by the device count, replicated if none) instead of a full copy on every device: ~1/N of the
-    # state's memory per device for some all-gather traffic; same results. Checkpoints move freely between both.
+    # Split parameters and both Adam states over the devices of all processes (FSDP-style: each array along its
+    # largest dimension divisible by the device count, replicated if none) instead of a full copy on every device:
+    # ~1/N of the state's memory per device for some all-gather traffic; same results. Checkpoints move freely
+    # between both.
     c.shard_state = False
 
     # Data.

@@ -244,12 +244,21 @@ class Sampler:
         self.fn = make_cycle_fn(self.family, graphdefs)
         self.workdir = workdir
 
-    def __call__(self, state: TrainState, step: int, writer: SummaryWriter) -> None:
-        nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
+    def __call__(self, nets: dict, step: int, writer: SummaryWriter) -> None:
+        """``nets``: ``translation_nets`` of the state at ``step``."""
+        nets = jax.device_get(nets)
         for (split, direction), images in self.images.items():
             image = strip(jax.device_get(self.fn(nets, images, direction)))
             save_png(image, run_dir.sample_file(self.workdir, direction, split, step))
             writer.image(step, f"samples/{split}/{direction}", image)
+
+
+def translation_nets(config, state: TrainState, mesh) -> dict:
+    """The networks the sample strips and the evaluation translate with (``inference.translation_state`` of the
+    averaged or trained parameters), readable on the host of process 0. With ``config.shard_state`` over several
+    processes they are gathered to a replicated copy (``parallel.host_readable``): a collective, so every process
+    calls this at the same steps, though only process 0 reads the result."""
+    return parallel.host_readable(translation_state(get_family(config), translating_params(state), state.sn), mesh)
 
 
 class RunEvaluator:
@@ -262,10 +271,10 @@ class RunEvaluator:
         self.bind = make_translators(self.family, graphdefs)
         self.workdir = workdir
 
-    def __call__(self, state: TrainState, step: int) -> dict:
-        nets = jax.device_get(translation_state(self.family, translating_params(state), state.sn))
-        record = self.evaluator(self.bind(nets))
-        averaged = " (EMA)" if state.ema else ""  # as ``load`` names a run's averaged model
+    def __call__(self, nets: dict, step: int, averaged: bool) -> dict:
+        """``nets``: ``translation_nets`` of the state at ``step``; ``averaged``: they are the parameter average."""
+        record = self.evaluator(self.bind(jax.device_get(nets)))
+        averaged = " (EMA)" if averaged else ""  # as ``load`` names a run's averaged model
         record = {"model": f"{os.path.basename(self.workdir)} step {step}{averaged}", "step": step, **record}
         write_record(record, run_dir.eval_file(self.workdir, step))
         return record
@@ -322,11 +331,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.maybe_initialize_distributed()
     validate(config, device_count=jax.device_count())
     parallel.check_same_config(config)  # every process, the same config (else the first collective would hang)
-    if config.shard_state and jax.process_count() > 1:
-        raise ConfigError(
-            "config.shard_state=true runs in one process for now (it may use many devices): the sampler and "
-            "evaluator read the generator parameters on each process"
-        )
     workdir = check_workdir(workdir)
     # One run per workdir (a second one stops here, having touched nothing); a full disk ends it with one line.
     with workdir_lock.hold(workdir), disk_errors(workdir):
@@ -411,10 +415,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 bar.set_postfix(d_loss=f"{values['d_loss']:.3f}", g_loss=f"{values['g_loss']:.3f}")
                 last = values
                 t_window, steps_in_window = time.perf_counter(), 0
-            if sampler and (step % config.sample_every == 0 or step == config.iterations):
-                sampler(state, step, writer)
-            if evaluator and (step % config.eval_every == 0 or step == config.iterations):
-                record = evaluator(state, step)
+            sample_now = step % config.sample_every == 0 or step == config.iterations
+            eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == config.iterations)
+            # Every process, at these steps only (a collective when the state is split over processes).
+            nets = translation_nets(config, state, mesh) if sample_now or eval_now else None
+            if sampler and sample_now:
+                sampler(nets, step, writer)
+            if evaluator and eval_now:
+                record = evaluator(nets, step, averaged=state.ema is not None)
                 writer.scalars(step, record["scores"])
                 last.update(record["scores"])
                 log.info(
@@ -424,6 +432,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     ", ".join(f"{k[len('eval/') :]}={v:.3f}" for k, v in record["scores"].items() if "_input" not in k),
                 )
                 t_window, steps_in_window = time.perf_counter(), 0  # keep evaluation out of step_time_ms
+            if nets is not None:
+                # The other processes wait here for process 0's outputs, not in their next collective (which on
+                # CPU gives up after ~30 s); and the gathered copy is not kept beside the state.
+                parallel.barrier("outputs_written")
+            del nets
             if step % config.checkpoint_every == 0 or step == config.iterations or stop.received is not None:
                 # Never let a diverged state replace the last good checkpoint.
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
