@@ -484,10 +484,38 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
+def _lines_by_process(err: str) -> dict[int, list[str]]:
+    """The launcher's output per child. A line without the ``[pN]`` prefix continues the one before it: the
+    progress bar's carriage returns read as line ends here (text mode)."""
+    found: dict[int, list[str]] = collections.defaultdict(list)
+    process = None
+    for line in err.splitlines():
+        m = re.match(r"\[p(\d+)\] (.*)", line)
+        if m:
+            process, line = int(m.group(1)), m.group(2)
+        elif line.startswith("[launch]"):
+            process = None
+        if process is not None:
+            found[process].append(line)
+    return found
+
+
+def _persistent_misses(lines: list[str]) -> list[str]:
+    """The programs JAX looked up in the persistent cache and did not find (JAX_EXPLAIN_CACHE_MISSES)."""
+    return [m.group(1) for line in lines if (m := re.search(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'", line))]
+
+
+def test_kill_minus_9_one_process_then_warm_relaunch(reference_run, tmp_path, record_property):
     """kill -9 of process 1 mid-run (state sharded, as the reference): the launcher ends process 0 and exits
     non-zero quickly; the newest complete checkpoint restores; re-launching resumes and ends bit-equal to the
-    uninterrupted run."""
+    uninterrupted run.
+
+    The relaunch is also the warm launch that hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md): the
+    killed run traced and compiled the step, so both processes load the traced step, and where mixing cached and
+    fresh executables is safe process 0 still loads the compiled step (process 1 never finds one on CPU); where it
+    is not, no process looks the step up at all."""
+    from ugatit_jax.xla.compilation_cache import mixed_executables_hang
+
     workdir = tmp_path / "run"
     log = tmp_path / "launcher.err"
     with open(log, "w") as err_file:
@@ -518,55 +546,12 @@ def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
     step, state, _ = _final_state(workdir, last)
     assert int(state.step) == last
 
-    code, out, err = _launch(2, 2, *_train_cmd(workdir, NO_EVAL, SHARDED))
-    assert code == 0, err[-6000:]
-    assert "resumed from" in err and f"at step {last}" in err
-    ref_step, ref_state, ref_data = _final_state(reference_run[0])
-    step, state, data = _final_state(workdir)
-    assert step == ref_step == ITERATIONS and data == ref_data
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(ref_state)):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-
-
-def _lines_by_process(err: str) -> dict[int, list[str]]:
-    """The launcher's output per child. A line without the ``[pN]`` prefix continues the one before it: the
-    progress bar's carriage returns read as line ends here (text mode)."""
-    found: dict[int, list[str]] = collections.defaultdict(list)
-    process = None
-    for line in err.splitlines():
-        m = re.match(r"\[p(\d+)\] (.*)", line)
-        if m:
-            process, line = int(m.group(1)), m.group(2)
-        elif line.startswith("[launch]"):
-            process = None
-        if process is not None:
-            found[process].append(line)
-    return found
-
-
-def _persistent_misses(lines: list[str]) -> list[str]:
-    """The programs JAX looked up in the persistent cache and did not find (JAX_EXPLAIN_CACHE_MISSES)."""
-    return [m.group(1) for line in lines if (m := re.search(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'", line))]
-
-
-def test_warm_relaunch_finishes(fixed_runs, reference_run, tmp_path):
-    """The reference setup launched again on the warm persistent cache, replicated (resuming the sharded run's
-    step-6 checkpoint; ``fixed_runs``' 2x2 replicated run traced and compiled this step): both processes load the
-    traced step, the run finishes, and it ends equal to the reference within the replicated-vs-sharded tolerance.
-    This is the launch that hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md). Where mixing cached and
-    fresh executables is safe, process 0 still loads the compiled step (process 1 never finds one on CPU); where it
-    is not, no process looks the step up at all."""
-    from ugatit_jax.xla.compilation_cache import mixed_executables_hang
-
-    workdir = tmp_path / "run"
-    shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
-    shutil.rmtree(workdir / "checkpoints" / str(ITERATIONS))
     t = time.perf_counter()
     env = _env() | {"JAX_EXPLAIN_CACHE_MISSES": "1"}
-    code, out, err = _finish(_start(_launch_cmd(2, 2, *_train_cmd(workdir, NO_EVAL)), env=env))
-    print(f"warm 2x2 relaunch, 2 steps: {time.perf_counter() - t:.0f} s")
+    code, out, err = _finish(_start(_launch_cmd(2, 2, *_train_cmd(workdir, NO_EVAL, SHARDED)), env=env))
+    print(f"warm 2x2 relaunch from step {last}: {time.perf_counter() - t:.0f} s")
     assert code == 0, err[-6000:]
-    assert f"at step {ITERATIONS - 2}" in err
+    assert "resumed from" in err and f"at step {last}" in err
     lines = _lines_by_process(err)
     for i in range(2):
         assert any(re.search(r"train step loaded from .*\(not traced\)", line) for line in lines[i]), lines[i][-20:]
@@ -580,15 +565,8 @@ def test_warm_relaunch_finishes(fixed_runs, reference_run, tmp_path):
     ref_step, ref_state, ref_data = _final_state(reference_run[0])
     step, state, data = _final_state(workdir)
     assert step == ref_step == ITERATIONS and data == ref_data
-    losses, ref_losses = _losses(workdir), _losses(reference_run[0])
-    assert sorted(losses) == [ITERATIONS - 1, ITERATIONS]
-    np.testing.assert_allclose([losses[s] for s in losses], [ref_losses[s] for s in losses], rtol=1e-5)
-    pairs = [
-        (jax.tree_util.keystr(path), a, b)
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(ref_state.params))
-    ]
-    outliers, total, _ = reordered_sum_outliers(pairs, tiny_config().lr, 2)
-    assert outliers <= 1e-3 * total, f"{outliers} of {total} elements beyond 1e-4 relative"
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(ref_state)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 def _losses(workdir) -> dict[int, tuple[float, float]]:
