@@ -2,7 +2,10 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole job; ``train.py`` only parses flags. Re-running with the
 same workdir resumes from the latest checkpoint (state, optimiser, spectral-norm vectors, step and the data
-pipeline's position), so an interrupted run ends with the same parameters as an uninterrupted one.
+pipeline's position), so an interrupted run ends with the same parameters as an uninterrupted one. The run's
+model family and learning-rate schedule are resolved here, once, and handed to the pieces beside this module: the
+step memo (``steps``), the sample strips (``samples``), the evaluation (``evaluation_hook``), the TensorBoard
+events (``summaries``) and the stop signals (``signals``).
 """
 
 from __future__ import annotations
@@ -10,12 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import sys
 import tempfile
-import threading
 import time
-import traceback
 from typing import Any
 
 import jax
@@ -26,71 +25,23 @@ import numpy as np
 from ugatit_jax import data as data_lib
 from ugatit_jax import run_dir
 from ugatit_jax.config import ConfigError, validate
-from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.errors import ExpectedError
-from ugatit_jax.evaluation.evaluator import Evaluator, format_table, make_translators, write_record
-from ugatit_jax.evaluation.visualize import save_png, strip
-from ugatit_jax.inference import make_cycle_fn, translation_state
+from ugatit_jax.evaluation.evaluator import format_table
 from ugatit_jax.interop import torch_import
-from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import losses, optim, parallel, workdir_lock
+from ugatit_jax.models.family import build_model, get_family
+from ugatit_jax.train import optim, parallel, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
-from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.optim import make_optimizers
-from ugatit_jax.train.state import (
-    TrainState,
-    abstract_train_state,
-    create_train_state,
-    ema_names,
-    translating_params,
-)
-from ugatit_jax.train.step import make_train_step
-from ugatit_jax.train.updates import Optimisers
+from ugatit_jax.train.state import abstract_train_state, create_train_state, ema_names
 from ugatit_jax.train.watchdog import Watchdog
-from ugatit_jax.xla import step_cache
+from ugatit_jax.training.evaluation_hook import RunEvaluator, translation_nets
+from ugatit_jax.training.samples import Sampler
+from ugatit_jax.training.signals import StopSignal
+from ugatit_jax.training.steps import jitted_step
+from ugatit_jax.training.summaries import SummaryWriter
 from ugatit_jax.xla.compilation_cache import enable_compilation_cache
-from ugatit_jax.xla.memo import remember
 
 log = logging.getLogger("ugatit_jax")
-
-
-def make_step(config, graphdefs, g_tx, d_tx):
-    """The pure train step of the config's model family, with the config's loss weights."""
-    schedule = optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag)
-    optimisers = Optimisers(g_tx, d_tx, schedule, config.get("ema_decay", 0.0))
-    if get_family(config).name == "nice":
-        return make_nice_train_step(graphdefs, optimisers, losses.NICEObjective.from_config(config))
-    return make_train_step(graphdefs, optimisers, losses.UGATITObjective.from_config(config))
-
-
-# Every config key a run's train step program depends on: the model's, the batch's shape, and those make_step and
-# make_optimizers read (tests/test_train_step.py records the reads and checks this list).
-STEP_KEYS = ARCHITECTURE_KEYS + (
-    "batch_size", "lr", "iterations", "decay_flag", "adam_b1", "adam_b2", "adam_eps", "weight_decay",
-    "adv_weight", "cycle_weight", "identity_weight", "cam_weight", "recon_weight", "gan_type", "shard_state",
-    "ema_decay",
-)  # fmt: skip
-
-
-def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings):
-    """The run's jitted train step, kept per (``STEP_KEYS`` values, devices): a process that trains the same setup
-    again (tests, a notebook) reuses the traced and compiled program instead of tracing it and loading it from the
-    persistent cache (seconds each on a CPU). With the compilation cache on, a new process loads the traced step
-    from disk too (``step_cache``): a warm start then neither traces nor compiles it."""
-    key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
-
-    def make():
-        step_fn = make_step(config, graphdefs, g_tx, d_tx)
-        jit_fn = lambda fn: parallel.jit_train_step(fn, mesh, state_sharding=state_shardings)
-        cache_dir = jax.config.jax_compilation_cache_dir
-        if not cache_dir:
-            return jit_fn(step_fn)
-        return step_cache.ExportedStep(step_fn, key, mesh, jit_fn, os.path.join(cache_dir, step_cache.SUBDIR))
-
-    return remember(_STEPS, key, make, limit=4)
-
-
-_STEPS: dict = {}
 
 
 def check_workdir(workdir: str) -> str:
@@ -103,181 +54,6 @@ def check_workdir(workdir: str) -> str:
     except OSError as e:
         raise ConfigError(f"--workdir={workdir}: not writable ({e.strerror or e}); choose another folder") from e
     return path
-
-
-class StopSignal:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
-        self.received = signum
-        log.warning("received %s: finishing this step, saving a checkpoint, then exiting", signal.Signals(signum).name)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _tensorboardx_writer_class():
-    """tensorboardX's ``SummaryWriter``, imported with torch hidden unless torch is loaded already: its writer
-    module imports torch, when installed, only to accept torch tensors (we log numpy), which added seconds to every
-    start with the ``[torch]`` extra installed (``docs/speed.md``)."""
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
-    try:
-        from tensorboardX import SummaryWriter as writer_class
-    finally:
-        if hide:
-            del sys.modules["torch"]
-    return writer_class
-
-
-class SummaryWriter:
-    """TensorBoard event files (process 0 only), via tensorboardX: no TensorFlow needed."""
-
-    def __init__(self, logdir: str, enabled: bool):
-        self._writer = None
-        if enabled:
-            self._writer = _tensorboardx_writer_class()(logdir, flush_secs=30)
-            _quiet_event_thread_errors()
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._writer:
-            for key, value in values.items():
-                self._writer.add_scalar(key, value, step)
-
-    def image(self, step: int, tag: str, image: np.ndarray) -> None:
-        if self._writer:
-            self._writer.add_image(tag, image, step, dataformats="HWC")
-
-    def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return
-        file_writers = list((writer.all_writers or {}).values())
-        try:
-            writer.close()
-        except OSError as error:  # a full disk: the run ends with its own message; this must not add tracebacks
-            log.warning("TensorBoard events not all written: %s", error)
-            for file_writer in file_writers:
-                _abandon_events(getattr(file_writer, "event_writer", None))
-
-
-def _quiet_event_thread_errors() -> None:
-    """tensorboardX writes events from a thread of its own; when the disk fills there, the thread dies with a
-    traceback on stderr, in the middle of the run's one error line about the full disk. This reports such an
-    OSError of that thread as one warning instead; every other thread exception reaches the previous hook."""
-    if getattr(threading.excepthook, "quiets_event_writer", False):
-        return
-    previous = threading.excepthook
-
-    def hook(args):
-        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
-        if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
-            log.warning("TensorBoard's event writer stopped: %s", args.exc_value)
-            return
-        previous(args)
-
-    hook.quiets_event_writer = True
-    threading.excepthook = hook
-
-
-def _abandon_events(events) -> None:
-    """Stop a tensorboardX event writer whose flush failed: its worker thread ends and its exit hook does nothing
-    (else each prints a traceback at interpreter exit: the flush fails again, the worker reads a closed queue)."""
-    if events is None or getattr(events, "_closed", True):
-        return
-    events._closed = True
-    with contextlib.suppress(Exception):
-        worker = events._worker
-        if worker.is_alive():
-            events._event_queue.put(worker._shutdown_signal, timeout=5)
-            worker.join(timeout=5)
-    with contextlib.suppress(Exception):
-        events._event_queue.cancel_join_thread()
-    with contextlib.suppress(Exception):
-        events._ev_writer.close()
-
-
-def spread_indices(n: int, k: int) -> list[int]:
-    """``min(k, n)`` indices evenly spaced over ``range(n)``, first and last included: sorted splits (the emoji test
-    split is in code point order) are then sampled across faces, objects, symbols and flags, not just the first."""
-    if n <= 0 or k <= 0:
-        return []
-    if k >= n:
-        return list(range(n))
-    if k == 1:
-        return [n // 2]
-    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
-
-
-def _spread_images(split, n: int, img_size: int) -> np.ndarray:
-    """``n`` images spread over ``split`` (test transform); an unreadable one is replaced by the next readable."""
-    return np.stack([data_lib.test_transform(split[i], img_size) for i in spread_indices(len(split), n)])
-
-
-class Sampler:
-    """Official-style sample strips from fixed train and test images, the same ones at every step, spread evenly
-    over each split."""
-
-    def __init__(self, config, source, graphdefs, workdir: str):
-        n = config.num_samples
-        splits = {"train": (source.train_a, source.train_b), "test": (source.test_a, source.test_b)}  # A, B
-        self.images = {
-            (name, direction): _spread_images(images, n, config.img_size)
-            for name, pair in splits.items()
-            for direction, images in zip(DIRECTIONS, pair)
-        }
-        self.family = get_family(config)
-        self.fn = make_cycle_fn(self.family, graphdefs)
-        self.workdir = workdir
-
-    def __call__(self, nets: dict, step: int, writer: SummaryWriter) -> None:
-        """``nets``: ``translation_nets`` of the state at ``step``."""
-        nets = jax.device_get(nets)
-        for (split, direction), images in self.images.items():
-            image = strip(jax.device_get(self.fn(nets, images, direction)))
-            save_png(image, run_dir.sample_file(self.workdir, direction, split, step))
-            writer.image(step, f"samples/{split}/{direction}", image)
-
-
-def translation_nets(config, state: TrainState, mesh) -> dict:
-    """The networks the sample strips and the evaluation translate with (``inference.translation_state`` of the
-    averaged or trained parameters), readable on the host of process 0. With ``config.shard_state`` over several
-    processes they are gathered to a replicated copy (``parallel.host_readable``): a collective, so every process
-    calls this at the same steps, though only process 0 reads the result."""
-    return parallel.host_readable(translation_state(get_family(config), translating_params(state), state.sn), mesh)
-
-
-class RunEvaluator:
-    """The shared ``evaluation.evaluator.Evaluator`` on the train state; each record goes to
-    ``run_dir.eval_file``, the file ``python -m ugatit_jax.evaluate`` writes for a checkpoint."""
-
-    def __init__(self, config, source, graphdefs, workdir: str):
-        self.evaluator = Evaluator(source, config.img_size, classifier_steps=config.classifier_steps)
-        self.family = get_family(config)
-        self.bind = make_translators(self.family, graphdefs)
-        self.workdir = workdir
-
-    def __call__(self, nets: dict, step: int, averaged: bool) -> dict:
-        """``nets``: ``translation_nets`` of the state at ``step``; ``averaged``: they are the parameter average."""
-        record = self.evaluator(self.bind(jax.device_get(nets)))
-        averaged = " (EMA)" if averaged else ""  # as ``load`` names a run's averaged model
-        record = {"model": f"{os.path.basename(self.workdir)} step {step}{averaged}", "step": step, **record}
-        write_record(record, run_dir.eval_file(self.workdir, step))
-        return record
 
 
 def finish_run(workdir: str) -> None:
@@ -346,7 +122,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_iter = data_lib.make_train_iterator(source, **data_lib.config_options(config))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
-    g_tx, d_tx = make_optimizers(config)
+    family, schedule = get_family(config), optim.schedule_of(config)  # the run's, resolved once
+    g_tx, d_tx = make_optimizers(config, schedule)
     if resuming:
         # The checkpoint holds every array: shapes only, no random initialisation (seconds of every restart).
         graphdefs, state = abstract_train_state(config, g_tx, d_tx)
@@ -368,12 +145,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = parallel.place_state(state, state_shardings)
     start = int(jax.device_get(state.step))
 
-    step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
+    step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings, family=family, schedule=schedule)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(run_dir.tensorboard_dir(workdir), enabled=is_chief)
-    sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
+    sampler = Sampler(config, family, source, graphdefs, workdir) if is_chief else None
     # Process 0 only: its numbers are the run's, and other hosts would only wait for it at the next step anyway.
-    evaluator = RunEvaluator(config, source, graphdefs, workdir) if config.eval_every and is_chief else None
+    evaluator = RunEvaluator(config, family, source, graphdefs, workdir) if config.eval_every and is_chief else None
     if is_chief:
         run_dir.forget_after(workdir, start)
     last: dict[str, Any] = {}
@@ -418,7 +195,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             sample_now = step % config.sample_every == 0 or step == config.iterations
             eval_now = bool(config.eval_every) and (step % config.eval_every == 0 or step == config.iterations)
             # Every process, at these steps only (a collective when the state is split over processes).
-            nets = translation_nets(config, state, mesh) if sample_now or eval_now else None
+            nets = translation_nets(family, state, mesh) if sample_now or eval_now else None
             if sampler and sample_now:
                 sampler(nets, step, writer)
             if evaluator and eval_now:
