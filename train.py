@@ -1,7 +1,7 @@
 """Train U-GAT-IT: ``python train.py --config configs/emoji.py --workdir runs/emoji [--config.key=value ...]``.
 
 Re-running the same command resumes from the latest checkpoint in ``--workdir``. Everything else lives in
-``ugatit_jax.train.trainer.train_and_evaluate``.
+``ugatit_jax.training.loop.train_and_evaluate``.
 """
 
 import logging
@@ -31,7 +31,7 @@ def train(argv: list[str]) -> None:
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from ugatit_jax.train.trainer import train_and_evaluate
+    from ugatit_jax.training.loop import train_and_evaluate
 
     result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float) and not k.startswith("g_"))

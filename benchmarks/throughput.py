@@ -123,18 +123,21 @@ def setup(config, n_devices: int | None):
     """The project's own model, optimisers, state and jitted step on a mesh of ``n_devices`` devices."""
     import jax
 
-    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.models.family import build_model
+    from ugatit_jax.train import parallel
+    from ugatit_jax.train.optim import make_optimizers
     from ugatit_jax.train.state import create_train_state, ema_names
+    from ugatit_jax.training.steps import make_step
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     if config.batch_size % len(devices):
         raise SystemExit(f"batch_size {config.batch_size} is not divisible by {len(devices)} devices; use --devices")
     mesh = parallel.make_mesh(devices)
-    model = trainer.build_model(config)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    model = build_model(config)
+    g_tx, d_tx = make_optimizers(config)
     graphdefs, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))  # the run's step, EMA included
     state = parallel.replicate(state, mesh)
-    step_fn = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
+    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh)
     return devices, state, step_fn, make_batches(config, parallel.batch_sharding(mesh))
 
 
@@ -143,14 +146,16 @@ def abstract_setup(config, n_devices: int | None):
     import jax
     import jax.numpy as jnp
 
-    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train import parallel
+    from ugatit_jax.train.optim import make_optimizers
     from ugatit_jax.train.state import abstract_train_state
+    from ugatit_jax.training.steps import make_step
 
     devices = jax.devices()[: n_devices or jax.device_count()]
     mesh = parallel.make_mesh(devices)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = make_optimizers(config)
     graphdefs, state = abstract_train_state(config, g_tx, d_tx)  # either family's networks and optimisers
-    step_fn = parallel.jit_train_step(trainer.make_step(config, graphdefs, g_tx, d_tx), mesh)
+    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh)
     shape = (config.batch_size, config.img_size, config.img_size, 3)
     batch = {d: jax.ShapeDtypeStruct(shape, jnp.uint8) for d in "AB"}
     return devices, state, step_fn, batch

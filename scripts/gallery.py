@@ -23,7 +23,7 @@ from ugatit_jax.data.transforms import to_uint8  # noqa: E402
 from ugatit_jax.directions import DIRECTIONS  # noqa: E402
 from ugatit_jax.evaluation.visualize import save_png  # noqa: E402
 from ugatit_jax.nn.cam import colorize_heatmap  # noqa: E402
-from ugatit_jax.train.trainer import spread_indices  # noqa: E402
+from ugatit_jax.training.samples import spread_indices  # noqa: E402
 
 
 def test_images(split, count: int, size: int) -> np.ndarray:

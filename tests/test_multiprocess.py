@@ -59,9 +59,10 @@ def _worker(spec: dict, devices=None) -> None:
     import numpy as np
     from tiny import random_model, tiny_config
 
-    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train import optim, parallel
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.training import steps
     from ugatit_jax.xla.compilation_cache import enable_compilation_cache
 
     parallel.maybe_initialize_distributed()
@@ -77,7 +78,7 @@ def _worker(spec: dict, devices=None) -> None:
         t_job = time.perf_counter()
         chex.clear_trace_counter()
         config = tiny_config(**RUN, xla_cache_dir="", shard_state=bool(job.get("shard")))
-        g_tx, d_tx = trainer.make_optimizers(config)
+        g_tx, d_tx = optim.make_optimizers(config)
         # numpy-drawn weights (the same in every process): an eager init compiles one program per weight shape
         graphdefs, state = create_train_state(random_model(config), g_tx, d_tx)
         shardings = parallel.state_shardings(state, mesh, config.shard_state)
@@ -95,7 +96,7 @@ def _worker(spec: dict, devices=None) -> None:
             with Checkpointer(job["restore"], async_save=False) as ckpt:
                 state, _, _ = ckpt.restore(abstract_like(state, shardings), job["restore_step"])
         # the trainer's own step (traced-step cache included), so train.py's launches load what this one kept
-        step_fn = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
+        step_fn = steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
         ckpt = Checkpointer(job["save"], async_save=False) if job.get("save") else None
         losses = []
         for i in range(int(jax.device_get(state.step)), K_STEPS):
@@ -166,8 +167,9 @@ import pytest  # noqa: E402
 from golden import reordered_sum_outliers  # noqa: E402
 from tiny import subprocess_xla_flags, tiny_config, tiny_flags  # noqa: E402
 
+from ugatit_jax import run_dir  # noqa: E402
+from ugatit_jax.train import optim  # noqa: E402
 from ugatit_jax.train import state as train_state  # noqa: E402
-from ugatit_jax.train import trainer  # noqa: E402
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like  # noqa: E402
 
 LAUNCH_TIMEOUT = 900  # hard bound per launch (a tiny run on a loaded 2-core machine)
@@ -424,7 +426,7 @@ SHARDED = "--config.shard_state=true"
 
 def _final_state(workdir, step=None):
     config = tiny_config()
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     _, abstract = train_state.abstract_train_state(config, g_tx, d_tx)  # the construction traced once per process
     with Checkpointer(str(workdir), async_save=False, read_only=True) as ckpt:
         step = ckpt.latest_step() if step is None else step
@@ -571,7 +573,7 @@ def test_kill_minus_9_one_process_then_warm_relaunch(reference_run, tmp_path, re
 
 def _losses(workdir) -> dict[int, tuple[float, float]]:
     """``step -> (d_loss, g_loss)`` from a run's ``metrics.jsonl``."""
-    lines = (json.loads(line) for line in (workdir / trainer.METRICS_FILE).read_text().splitlines())
+    lines = (json.loads(line) for line in (workdir / run_dir.METRICS).read_text().splitlines())
     return {r["step"]: (r["d_loss"], r["g_loss"]) for r in lines}
 
 

@@ -12,7 +12,8 @@ from tiny import run_config, tiny_config
 
 from ugatit_jax import evaluate, report, run_dir
 from ugatit_jax.evaluation import domain_classifier as dc
-from ugatit_jax.train import trainer
+from ugatit_jax.models.family import get_family
+from ugatit_jax.training import loop, samples
 
 STEPS = run_config().iterations  # the in-process runs' shared step program
 
@@ -36,7 +37,7 @@ def run(tmp_path_factory):
         logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the enabled-for cache of earlier tests
         try:
             config = run_config(eval_every=STEPS, sample_every=1)
-            result = trainer.train_and_evaluate(config, workdir)
+            result = loop.train_and_evaluate(config, workdir)
             # the evaluate CLI on the checkpoint the run just saved, while the same classifier cache is in place
             output = os.path.join(workdir, "cli.json")
             assert evaluate.main(["--workdir", workdir, "--output", output]) == 0
@@ -141,11 +142,11 @@ def test_evaluation_files_of_both_name_formats_are_read(tmp_path):
 
 
 def test_sample_indices_spread_over_the_split():
-    assert trainer.spread_indices(389, 5) == [0, 97, 194, 291, 388]  # 388 * i / 4
-    assert trainer.spread_indices(3, 5) == [0, 1, 2] and trainer.spread_indices(10, 1) == [5]
-    assert trainer.spread_indices(0, 5) == []
+    assert samples.spread_indices(389, 5) == [0, 97, 194, 291, 388]  # 388 * i / 4
+    assert samples.spread_indices(3, 5) == [0, 1, 2] and samples.spread_indices(10, 1) == [5]
+    assert samples.spread_indices(0, 5) == []
     for n, k in ((3540, 5), (7, 4), (100, 100)):
-        idx = trainer.spread_indices(n, k)
+        idx = samples.spread_indices(n, k)
         assert len(set(idx)) == len(idx) == min(n, k) and idx == sorted(idx) and idx[0] == 0 and idx[-1] == n - 1
 
 
@@ -157,7 +158,8 @@ def test_sampler_images_are_spread_over_each_split(tmp_path):
 
     source = UnpairedSource("s", split("trainA", 50), split("trainB", 40), split("testA", 21), split("testB", 11))
     # make_cycle_fn only jits lazily: the images can be checked without generators
-    sampler = trainer.Sampler(tiny_config(num_samples=3, img_size=8), source, {}, "")
+    config = tiny_config(num_samples=3, img_size=8)
+    sampler = samples.Sampler(config, get_family(config), source, {}, "")
     levels = {key: images[:, 0, 0, 0].tolist() for key, images in sampler.images.items()}
     assert levels == {
         ("train", "A2B"): [0, 24, 49],
