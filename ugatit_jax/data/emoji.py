@@ -43,9 +43,9 @@ from ugatit_jax.interrupts import die_with_parent, sigint_blocked
 
 # Bump when the rendering, the split or the exclusion rule changes: builds of the old recipe get another key.
 FORMAT_VERSION = 3
-# Larger than any image the networks see (64 px plus the crop margin at most 128 px), so that the train transform
-# (resize to img_size + margin, then crop) and the test transform (resize to img_size) both downsample, with the
-# same antialiasing. At the 72 px of Twemoji's PNGs, 64 px training crops of a 72 px image were never resampled
+# Larger than the images the emoji configs train on (64 px, resized to 72 before the crop), so that the train
+# transform (resize to img_size + margin, then crop) and the test transform (resize to img_size) both downsample,
+# with the same antialiasing. At the 72 px of Twemoji's PNGs, 64 px training crops of a 72 px image were never resampled
 # while test images were shrunk to 64 px: training images carried 1.4x (OpenMoji) and 1.5x (Twemoji) the
 # high-frequency energy of test images (``evaluation.metrics.hf_energy``), and the networks learnt the sharper
 # look (docs/demo.md).
