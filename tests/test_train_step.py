@@ -78,11 +78,12 @@ def test_step_traces_once(batches):
 
 
 def test_retrace_is_an_error(batches):
-    """A batch of another shape would silently recompile; the guard turns it into an error."""
+    """A batch of another shape would silently recompile; the guard turns it into an error (at the second trace,
+    before anything compiles: the first step is the 8-device program of the tests above)."""
     config = tiny_config(batch_size=8)
-    small = {k: v[:4] for k, v in batches[0].items()}
-    with pytest.raises(AssertionError):
-        _run(config, jax.devices()[:1], [batches[0], small])
+    double = {k: np.concatenate([v, v]) for k, v in batches[0].items()}  # 16 images: still divisible by 8
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        _run(config, jax.devices(), [batches[0], double])
 
 
 def test_spectral_norm_state_identical_on_all_devices(batches):
