@@ -79,6 +79,16 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         ) from None
 
 
+def add_run_or_pretrained(parser: argparse.ArgumentParser) -> None:
+    """The model flags of ``evaluate`` and ``export`` (checked by ``check_run_or_pretrained``)."""
+    parser.add_argument("--workdir", help="a train.py run folder")
+    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="a run trained with ema_decay: its trained weights, not the average"
+    )
+
+
 def check_run_or_pretrained(args) -> None:
     """The model flags of ``evaluate`` and ``export``: exactly one of ``--workdir`` and ``--pretrained``, and the
     run-only flags (``--step``, ``--no-ema``) only with a run: a shipped model holds one step, averaged already."""

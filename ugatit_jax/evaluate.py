@@ -22,7 +22,14 @@ import os
 import sys
 
 from ugatit_jax import run_dir
-from ugatit_jax.cli import UsageError, check_run_or_pretrained, check_writable, doc_parser, make_main
+from ugatit_jax.cli import (
+    UsageError,
+    add_run_or_pretrained,
+    check_run_or_pretrained,
+    check_writable,
+    doc_parser,
+    make_main,
+)
 from ugatit_jax.inference import default_batch_size
 
 PROG = "python -m ugatit_jax.evaluate"
@@ -55,12 +62,7 @@ def load_feature_fn(path: str, option: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = doc_parser(PROG, __doc__)
-    parser.add_argument("--workdir", help="a train.py run folder")
-    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument(
-        "--no-ema", action="store_true", help="a run trained with ema_decay: its trained weights, not the average"
-    )
+    add_run_or_pretrained(parser)
     parser.add_argument("--dataset-dir", default=None, help="the dataset's folder, if it moved since training")
     parser.add_argument(
         "--inception-weights",

@@ -30,7 +30,14 @@ import argparse
 import os
 import sys
 
-from ugatit_jax.cli import Parser, UsageError, check_run_or_pretrained, check_writable, make_main
+from ugatit_jax.cli import (
+    Parser,
+    UsageError,
+    add_run_or_pretrained,
+    check_run_or_pretrained,
+    check_writable,
+    make_main,
+)
 from ugatit_jax.directions import DIRECTIONS
 
 PROG = "python -m ugatit_jax.export"
@@ -56,20 +63,15 @@ def export_translation(model, direction: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", help="a train.py run folder")
-    parser.add_argument("--pretrained", metavar="NAME", help="a model shipped in the package (e.g. emoji) instead")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    parser.add_argument(
-        "--no-ema", action="store_true", help="a run trained with ema_decay: its trained weights, not the average"
-    )
-    parser.add_argument("--direction", choices=DIRECTIONS, help="the direction to export (stablehlo, onnx)")
-    parser.add_argument("--output", required=True, help="file to write")
+    add_run_or_pretrained(parser)
     parser.add_argument(
         "--format",
         choices=FORMATS,
         default="stablehlo",
         help="stablehlo (jax.export, the default), onnx, or pt (the official checkpoint format, whole run)",
     )
+    parser.add_argument("--direction", choices=DIRECTIONS, help="the direction to export (stablehlo, onnx)")
+    parser.add_argument("--output", required=True, help="file to write")
     return parser
 
 

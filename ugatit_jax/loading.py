@@ -97,7 +97,7 @@ def check_direction(direction: str) -> None:
 def run_dir_or_fail(workdir: str) -> str:
     """The run folder; checked here because Orbax would silently create a mistyped one."""
     path = run_dir.path(workdir)
-    if not os.path.isdir(run_dir.checkpoints_dir(path)):
+    if not os.path.isdir(run_dir.entry(path, run_dir.CHECKPOINTS)):
         what = "does not exist" if not os.path.exists(path) else f"holds no {run_dir.CHECKPOINTS}/ folder"
         raise ConfigError(f"--workdir={workdir}: {what}; pass the --workdir of a train.py run")
     return path

@@ -45,7 +45,7 @@ def _run(args) -> None:
         )
     if args.output and os.path.dirname(os.path.abspath(args.output)) != workdir:
         raise UsageError(f"--output={args.output}: must be in the run folder, or the page's relative links break")
-    page = args.output or run_dir.report_file(workdir)
+    page = args.output or run_dir.entry(workdir, run_dir.REPORT)
     check_writable(page, name=f"--output={args.output}" if args.output else f"{page} (the default --output)")
     if args.figures:
         check_writable(args.figures, folder=True, name=f"--figures={args.figures}")

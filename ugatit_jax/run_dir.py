@@ -36,6 +36,7 @@ SAMPLES = "samples"
 TEST = "test"
 REPORT = "report.html"
 LOCK = ".lock"
+_ENTRIES = (CHECKPOINTS, TENSORBOARD, METRICS, TEST, REPORT, LOCK)
 SPLITS = ("train", "test")  # the sample strips' image sources
 
 _EVAL_NAME = re.compile(r"step_(\d+)\.json")
@@ -47,16 +48,12 @@ def path(workdir: str) -> str:
     return os.path.abspath(os.path.expanduser(workdir))
 
 
-def checkpoints_dir(workdir: str) -> str:
-    return os.path.join(path(workdir), CHECKPOINTS)
-
-
-def tensorboard_dir(workdir: str) -> str:
-    return os.path.join(path(workdir), TENSORBOARD)
-
-
-def metrics_file(workdir: str) -> str:
-    return os.path.join(path(workdir), METRICS)
+def entry(workdir: str, name: str) -> str:
+    """Where one of the layout's fixed entries (``CHECKPOINTS``, ``TENSORBOARD``, ``METRICS``, ``TEST``, ``REPORT``,
+    ``LOCK``) lies in the run folder ``workdir``."""
+    if name not in _ENTRIES:
+        raise ValueError(f"{name!r} is not an entry of the run folder; one of {_ENTRIES}")
+    return os.path.join(path(workdir), name)
 
 
 def eval_file(workdir: str, step: int) -> str:
@@ -66,19 +63,6 @@ def eval_file(workdir: str, step: int) -> str:
 
 def sample_file(workdir: str, direction: str, split: str, step: int) -> str:
     return os.path.join(path(workdir), SAMPLES, f"{direction}_{split}_{step:07d}.png")
-
-
-def test_dir(workdir: str) -> str:
-    """``translate --test-split``'s default output folder."""
-    return os.path.join(path(workdir), TEST)
-
-
-def report_file(workdir: str) -> str:
-    return os.path.join(path(workdir), REPORT)
-
-
-def lock_file(workdir: str) -> str:
-    return os.path.join(path(workdir), LOCK)
 
 
 def has_outputs(workdir: str) -> bool:
@@ -158,7 +142,7 @@ def sample_files(workdir: str) -> list[tuple[int, str, str, str]]:
 def append_metrics(workdir: str, step: int, values: dict[str, float]) -> None:
     """One JSON line for a log step, non-finite values left out: the loss curves of the run's report."""
     line = json.dumps({"step": step, **{k: v for k, v in values.items() if math.isfinite(v)}})
-    with open(metrics_file(workdir), "a", encoding="utf-8") as f:
+    with open(entry(workdir, METRICS), "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
 
@@ -166,7 +150,7 @@ def read_metrics(workdir: str) -> list[dict]:
     """The metrics lines by step; unparseable lines (a crash mid-write) are skipped. Should a step appear twice (a
     file written before resumes dropped replayed lines), its last line wins."""
     rows = {}
-    file = metrics_file(workdir)
+    file = entry(workdir, METRICS)
     if os.path.exists(file):
         with open(file, encoding="utf-8") as f:
             for line in f:
@@ -181,7 +165,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def forget_after(workdir: str, step: int) -> None:
     """Drop what a run logged past ``step`` (the restored checkpoint): metrics lines and evaluation records (both
     name formats). The resumed run logs those steps again, so curves never double back."""
-    file = metrics_file(workdir)
+    file = entry(workdir, METRICS)
     if os.path.exists(file):
         kept = []
         with open(file, encoding="utf-8") as f:

@@ -376,7 +376,7 @@ def _run(args) -> None:
 def _run_test_split(args, batch_size: int) -> None:
     from ugatit_jax.evaluation.test_split import split_source, write_test_split
 
-    output = args.output or run_dir.test_dir(args.workdir)
+    output = args.output or run_dir.entry(args.workdir, run_dir.TEST)
     check_writable(output, folder=True, name=f"--output {output}")
     model = load_model(args)
     source = split_source(model, args.dataset_dir)

@@ -258,9 +258,9 @@ def build_report(workdir: str) -> str:
 
 
 def write_report(workdir: str, output: str | None = None) -> str:
-    """Write the page (default ``run_dir.report_file``) atomically; returns its path. Strip links are relative to
-    the run folder, so a page written elsewhere links correctly only from inside the run folder."""
-    output = output or run_dir.report_file(workdir)
+    """Write the page (default: the run folder's ``run_dir.REPORT``) atomically; returns its path. Strip links are
+    relative to the run folder, so a page written elsewhere links correctly only from inside the run folder."""
+    output = output or run_dir.entry(workdir, run_dir.REPORT)
     page = build_report(workdir)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"

@@ -146,7 +146,9 @@ def disk_errors(workdir: str) -> Iterator[None]:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise write_failure(error, run_dir.checkpoints_dir(workdir), f"to {os.path.abspath(workdir)}") from None
+        raise write_failure(
+            error, run_dir.entry(workdir, run_dir.CHECKPOINTS), f"to {os.path.abspath(workdir)}"
+        ) from None
 
 
 def _drop_save_tracebacks() -> None:
@@ -218,7 +220,7 @@ class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` with the three items of a run."""
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-        self.directory = run_dir.checkpoints_dir(workdir)
+        self.directory = run_dir.entry(workdir, run_dir.CHECKPOINTS)
         self.read_only = read_only
         self._saving: int | None = None  # the step of the asynchronous save in flight
         if not read_only:

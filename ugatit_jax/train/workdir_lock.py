@@ -79,7 +79,7 @@ class WorkdirLock:
     """The lock of one workdir; ``acquire`` takes it (or raises WorkdirLockedError), ``release`` gives it back."""
 
     def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S, expiry_s: float = EXPIRY_S):
-        self.path = run_dir.lock_file(workdir)
+        self.path = run_dir.entry(workdir, run_dir.LOCK)
         self.heartbeat_s = heartbeat_s
         self.expiry_s = expiry_s
         self.record: dict | None = None  # ours, while held

@@ -147,7 +147,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings, family=family, schedule=schedule)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
-    writer = SummaryWriter(run_dir.tensorboard_dir(workdir), enabled=is_chief)
+    writer = SummaryWriter(run_dir.entry(workdir, run_dir.TENSORBOARD), enabled=is_chief)
     sampler = Sampler(config, family, source, graphdefs, workdir) if is_chief else None
     # Process 0 only: its numbers are the run's, and other hosts would only wait for it at the next step anyway.
     evaluator = RunEvaluator(config, family, source, graphdefs, workdir) if config.eval_every and is_chief else None
