@@ -229,6 +229,13 @@ class TrainIterator(Iterator):
         different = {k: (state.get(k), self._identity[k]) for k in _IDENTITY if state.get(k) != self._identity[k]}
         if different:
             details = ", ".join(f"{k}: saved {saved!r} vs now {now!r}" for k, (saved, now) in different.items())
+            if set(different) == {"sizes"}:  # same settings, other images: the data changed under the run
+                raise DatasetError(
+                    f"the training images are not the ones this run was saved with ({details} per domain): "
+                    "the dataset changed since (emoji runs saved before the emoji set's format 3 meet this: "
+                    "docs/demo.md, 'Runs saved on the v2 build'); resume with the images it was saved with, "
+                    "or start a new --workdir"
+                )
             raise DatasetError(
                 f"the saved data position belongs to a different pipeline ({details}); "
                 "restore with the same dataset, seed, image size, crop margin, batch size and host layout"
