@@ -35,9 +35,9 @@ from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import losses, optim, parallel, step_cache, workdir_lock
+from ugatit_jax.train import parallel, step_cache, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
-from ugatit_jax.train.nice_step import make_nice_train_step
+from ugatit_jax.train.family_step import make_step
 from ugatit_jax.train.optim import make_optimizers
 from ugatit_jax.train.state import (
     TrainState,
@@ -46,20 +46,9 @@ from ugatit_jax.train.state import (
     ema_names,
     translating_params,
 )
-from ugatit_jax.train.step import make_train_step
-from ugatit_jax.train.updates import Optimisers
 from ugatit_jax.train.watchdog import Watchdog
 
 log = logging.getLogger("ugatit_jax")
-
-
-def make_step(config, graphdefs, g_tx, d_tx):
-    """The pure train step of the config's model family, with the config's loss weights."""
-    schedule = optim.learning_rate_schedule(config.lr, config.iterations, config.decay_flag)
-    optimisers = Optimisers(g_tx, d_tx, schedule, config.get("ema_decay", 0.0))
-    if get_family(config).name == "nice":
-        return make_nice_train_step(graphdefs, optimisers, losses.NICEObjective.from_config(config))
-    return make_train_step(graphdefs, optimisers, losses.UGATITObjective.from_config(config))
 
 
 # Every config key a run's train step program depends on: the model's, the batch's shape, and those make_step and
@@ -79,7 +68,7 @@ def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings):
     key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
 
     def make():
-        step_fn = make_step(config, graphdefs, g_tx, d_tx)
+        step_fn = make_step(config, graphdefs, g_tx, d_tx, mesh)
         jit_fn = lambda fn: parallel.jit_train_step(fn, mesh, state_sharding=state_shardings)
         cache_dir = jax.config.jax_compilation_cache_dir
         if not cache_dir:
