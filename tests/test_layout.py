@@ -22,7 +22,7 @@ LAYERS = (
     ("interop.onnx_export",),  # converts a loaded Translator
     ("cli",),
     ("train.trainer",),
-    ("", "translate", "evaluate", "export", "report", "launch", "data.__main__"),  # the API and the commands
+    ("", "translate", "evaluate", "export", "report", "launch", "plan", "data.__main__"),  # the API and the commands
 )
 TRAINER = "train.trainer"
 

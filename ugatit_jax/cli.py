@@ -77,6 +77,21 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         ) from None
 
 
+def load_config(path: str, overrides: list[str], prog: str = "config"):
+    """``get_config()`` of a config file plus ``key=value`` overrides, read by ml_collections as train.py reads its
+    flags (typed by the file's values, the config locked); bad input is a ``UsageError``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = [prog, f"--config={path}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv, lock_config=True)
+    with warnings.catch_warnings():  # ml_collections loads the file with importlib's deprecated load_module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        parse_config_flags(values, argv)
+    return values.config
+
+
 def check_run_or_pretrained(args) -> None:
     """The model flags of ``evaluate`` and ``export``: exactly one of ``--workdir`` and ``--pretrained``, and the
     run-only flags (``--step``, ``--no-ema``) only with a run: a shipped model holds one step, averaged already."""

@@ -35,7 +35,7 @@ from ugatit_jax.inference import make_cycle_fn, translation_state
 from ugatit_jax.interop import torch_import
 from ugatit_jax.memo import remember
 from ugatit_jax.models.family import ARCHITECTURE_KEYS, build_model, get_family
-from ugatit_jax.train import parallel, step_cache, workdir_lock
+from ugatit_jax.train import memory, parallel, step_cache, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
 from ugatit_jax.train.family_step import make_step
 from ugatit_jax.train.optim import make_optimizers
@@ -398,6 +398,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start = int(jax.device_get(state.step))
 
     step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
+    memory.preflight(config, step_fn, state, mesh)  # where device memory is known: a step that cannot fit stops here
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
     sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
