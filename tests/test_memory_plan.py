@@ -14,6 +14,7 @@ from ugatit_jax.train import memory, parallel, trainer
 
 GIB = 2**30
 TINY = dict(ch=4, n_res=1, img_size=32, disc_global_layers=4, disc_local_layers=3, batch_size=8, shard_state=True)
+TINY |= dict(light=False)  # the full model: its MLP's (1024, 16) kernel is what the state's split must keep split
 TINY_OVERRIDES = [f"{k}={str(v).lower()}" for k, v in TINY.items()]  # on configs/emoji.py, whose EMA stays on
 
 
@@ -58,14 +59,14 @@ def test_bad_input_is_one_line(argv, message, capsys):
 
 
 def test_plan_agrees_with_the_benchmark_and_splits_the_state(tmp_path, capsys):
-    """The plan of the tiny model with its state split over 8 devices: one row as it compiles, the same numbers
-    as ``throughput.py --compile-only`` (both compile ``memory.abstract_step``), a fraction of the state per
-    device."""
+    """The plan of the tiny full model with its state split over 8 devices: one row as it compiles, the same
+    numbers as ``throughput.py --compile-only`` (both compile ``memory.abstract_step``), a fraction of the state
+    per device, and no device ever holding the MLP's whole kernel."""
     out = tmp_path / "plan.json"
     argv = [*(f"--config.{o}" for o in TINY_OVERRIDES), "--devices", "8", "--variants", "none"]
     code, text, lines = _main([*argv, "--device-memory", "1GiB", "--json", str(out)], capsys)
     assert code == 0, lines
-    assert "light U-GAT-IT, 32 px, ch 4, batch 8 on 8 cpu device(s), float32, shard_state" in text
+    assert "full U-GAT-IT, 32 px, ch 4, batch 8 on 8 cpu device(s), float32, shard_state" in text
     assert "| variant | parameters | optimiser | EMA | temporaries | total | fits 1.00 GiB |" in text
     row = json.loads(out.read_text())["rows"][0]
     assert row["variant"] == "as given" and row["fits"] is True and row["ema_bytes"] > 0
@@ -73,8 +74,10 @@ def test_plan_agrees_with_the_benchmark_and_splits_the_state(tmp_path, capsys):
     config = throughput.load_config(str(ROOT / "configs/emoji.py"), TINY_OVERRIDES)
     benchmark = throughput.compile_only(config, 8)["memory_analysis"]
     assert benchmark == {k: v for k, v in row.items() if k.endswith("_bytes")}
-    # Planned again in this process (variants trace the step from one place): the trace guard lets it.
-    assert memory.plan(config, parallel.make_mesh()).as_dict() == benchmark
+    jitted, state, batch = memory.abstract_step(config, parallel.make_mesh())
+    assert state.params["genA2B"]["fc1"]["kernel"].shape == (1024, 16)
+    text = jitted.trace(state, batch).lower().compile().as_text()  # from the persistent cache
+    assert not [line for line in text.splitlines() if "f32[1024,16]" in line], "a whole kernel on one device"
     peak = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"] + row["temp_bytes"]
     assert row["estimated_peak_bytes"] == peak
     config.shard_state = False  # the same state whole on every device
@@ -186,8 +189,8 @@ def test_a_run_checks_its_own_step_before_the_first(tmp_path, monkeypatch, caplo
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     _fake_plans(monkeypatch, lambda c: pytest.fail("a step that fits must not compile variants"))
     with caplog.at_level("INFO", logger="ugatit_jax"):
-        result = trainer.train_and_evaluate(run_config(iterations=1, device_memory="64GiB"), str(tmp_path / "fits"))
-    assert result["step"] == 1
+        result = trainer.train_and_evaluate(run_config(device_memory="64GiB"), str(tmp_path / "fits"))
+    assert result["step"] == run_config().iterations
     assert any("per device (XLA's plan) of 64.00 GiB (config.device_memory=64GiB)" in r.message for r in caplog.records)
 
     asked = _fake_plans(monkeypatch, lambda c: 0.0009765625 * (1 - c.shard_state / 2))  # 1 MiB, half with shard_state
@@ -198,3 +201,20 @@ def test_a_run_checks_its_own_step_before_the_first(tmp_path, monkeypatch, caplo
     assert message.endswith("(config.device_memory=0.6MiB): --config.shard_state=true fits (0.5 MiB)"), message
     assert asked[-1] == "--config.shard_state=true"
     assert not (tmp_path / "stops" / trainer.METRICS_FILE).exists()  # stopped before its first step
+
+
+def test_variants_plan_in_one_process(abstract, monkeypatch):
+    """A plan traces every variant's step from one place (``memory.plan``), and the step's trace guard counts per
+    place: the plan lifts its limit (else the plan's second variant stopped with chex's re-trace error)."""
+    mesh, state = abstract
+    limits = []
+    lowered = type("Lowered", (), {"compile": lambda _: _Compiled(1)})()
+    jitted = type("Jitted", (), {"trace": lambda _, state, batch: type("Traced", (), {"lower": lambda _: lowered})()})
+
+    def abstract_step(config, mesh, *, max_traces=1):
+        limits.append(max_traces)
+        return jitted(), state, None
+
+    monkeypatch.setattr(memory, "abstract_step", abstract_step)
+    assert [memory.plan(tiny_config(), mesh).temp for _ in range(3)] == [1, 1, 1]
+    assert min(limits) > 1000
