@@ -127,7 +127,10 @@ def devices_and_mesh(config, n_devices: int | None):
     available = jax.devices()
     n = len(available) if n_devices is None else n_devices
     if n > len(available):
-        raise SystemExit(f"--devices {n}: JAX sees {len(available)} {available[0].platform} device(s)")
+        raise SystemExit(
+            f"--devices {n}: JAX sees {len(available)} {available[0].platform} device(s); on a CPU, "
+            f"JAX_NUM_CPU_DEVICES={n} gives it {n}"
+        )
     devices = available[:n]
     mesh = parallel.make_mesh(devices)
     memory.check_devices(config, mesh)  # e.g. a batch that does not split over the devices: names the option
@@ -428,6 +431,7 @@ def main(argv=None) -> None:
 
         torch_reference.import_official(args.torch_reference, config.model)
         torch_reference.check_detach(config.model, args.torch_detach)
+    devices_and_mesh(config, args.devices)  # a device count or batch that cannot work: one line, before any phase
     progress = Progress(args.json)
     if args.compile_only:
         result = compile_only(config, args.devices, progress)

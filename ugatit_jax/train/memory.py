@@ -225,7 +225,7 @@ def preflight(config, step_fn, state, mesh) -> MemoryPlan | None:
     The compiled program goes through the persistent compilation cache (``config.xla_cache_dir``), from which the
     first step then loads it: a run that fits pays the check in seconds. Without the cache the step compiles
     twice. Returns the plan, or None where no memory is known (a CPU without an override) or XLA gives no plan."""
-    available, source = available_memory(config, mesh.devices.flat[0])
+    available, source = available_memory(config, mesh.local_devices[0])  # this process's: it can read them
     if available is None:
         return None
     needed = plan_of(step_fn.lower(state, abstract_batch(config, mesh)).compile(), state)
