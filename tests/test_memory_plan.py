@@ -109,14 +109,24 @@ class _Compiled:
 
 
 class _Step:
-    """A jitted step's stand-in whose compiled plan needs ``temp`` bytes (``None``: must not be compiled)."""
+    """A jitted step's stand-in whose compiled plan needs ``temp`` bytes."""
 
     def __init__(self, temp):
         self.temp = temp
 
     def lower(self, state, batch):
-        assert self.temp is not None, "the step was compiled though no device memory is known"
         return type("Lowered", (), {"compile": lambda _: _Compiled(self.temp)})()
+
+
+def _jitted_step(temp):
+    """The trainer's ``jitted_step`` stand-in: its step needs ``temp`` bytes (None: must not be built)."""
+
+    def jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings):
+        assert temp is not None, "the step was built though no device memory is known"
+        assert jax.tree.leaves(shardings)[0].mesh == mesh
+        return _Step(temp)
+
+    return jitted_step
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +149,7 @@ def _fake_plans(monkeypatch, need):
 
 
 def test_preflight_names_the_cheapest_variant_that_fits(abstract, monkeypatch):
-    mesh, state = abstract
+    mesh, _ = abstract
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     # shard_state alone does not fit, remat does: the message names remat (the cheapest that fits).
     asked = _fake_plans(
@@ -147,7 +157,7 @@ def test_preflight_names_the_cheapest_variant_that_fits(abstract, monkeypatch):
     )
     config = tiny_config(batch_size=8, device_memory="4GiB")
     with pytest.raises(ConfigError) as e:
-        memory.preflight(config, _Step(6 * GIB), state, mesh)
+        memory.preflight(config, mesh, _jitted_step(6 * GIB))
     assert str(e.value) == (
         "the step needs 6.00 GiB per device but the device has 4.00 GiB (config.device_memory=4GiB): "
         "--config.remat=true fits (3.00 GiB)"
@@ -160,31 +170,32 @@ def test_preflight_names_the_cheapest_variant_that_fits(abstract, monkeypatch):
     for light, tries in ((True, "try fewer images"), (False, "try --config.light=true, fewer images")):
         config.light = light
         with pytest.raises(ConfigError) as e:
-            memory.preflight(config, _Step(6 * GIB), state, mesh)
+            memory.preflight(config, mesh, _jitted_step(6 * GIB))
         message = str(e.value)
         assert f"remat fits (the smallest, {smallest}, needs 5.00 GiB); {tries}" in message
         assert f"; {tries} per device (--config.batch_size) or more devices" in message
 
 
 def test_preflight_passes_or_stays_out_of_the_way(abstract, monkeypatch):
-    mesh, state = abstract
+    mesh, _ = abstract
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     _fake_plans(monkeypatch, lambda c: pytest.fail("a step that fits must not compile variants"))
-    fits = memory.preflight(tiny_config(device_memory="8GiB"), _Step(2 * GIB), state, mesh)
+    fits = memory.preflight(tiny_config(batch_size=8, device_memory="8GiB"), mesh, _jitted_step(2 * GIB))
     assert fits.temp == 2 * GIB and fits.parameters > 0
-    assert memory.preflight(tiny_config(), _Step(None), state, mesh) is None  # a CPU reports no memory: no check
+    no_check = memory.preflight(tiny_config(batch_size=8), mesh, _jitted_step(None))  # a CPU reports no memory
+    assert no_check is None
     _fake_plans(monkeypatch, lambda c: 9.0)
     monkeypatch.setenv(memory.ENV_VAR, "1.5GiB")  # the variable stands in for the config key
     with pytest.raises(ConfigError, match=r"but the device has 1.50 GiB \(UGATIT_DEVICE_MEMORY=1.5GiB\)"):
-        memory.preflight(tiny_config(), _Step(2 * GIB), state, mesh)
+        memory.preflight(tiny_config(batch_size=8), mesh, _jitted_step(2 * GIB))
     monkeypatch.setenv(memory.ENV_VAR, "a lot")
     with pytest.raises(ConfigError, match="UGATIT_DEVICE_MEMORY: 'a lot' is not a memory size"):
-        memory.preflight(tiny_config(), _Step(2 * GIB), state, mesh)
+        memory.preflight(tiny_config(batch_size=8), mesh, _jitted_step(2 * GIB))
 
 
 def test_a_run_checks_its_own_step_before_the_first(tmp_path, monkeypatch, caplog):
     """The trainer's pre-flight, on the in-process runs' shared step program (compiled once per session): a run
-    that fits trains, one whose memory override is below the step's need stops before its first step, naming
+    that fits trains, one whose memory override is below the step's need stops before it builds anything, naming
     both (train.py prints the ConfigError as its one error line) and the variant that fits."""
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     _fake_plans(monkeypatch, lambda c: pytest.fail("a step that fits must not compile variants"))
@@ -200,7 +211,7 @@ def test_a_run_checks_its_own_step_before_the_first(tmp_path, monkeypatch, caplo
     assert message.startswith("the step needs ") and " MiB per device but the device has 0.6 MiB " in message
     assert message.endswith("(config.device_memory=0.6MiB): --config.shard_state=true fits (0.5 MiB)"), message
     assert asked[-1] == "--config.shard_state=true"
-    assert not (tmp_path / "stops" / trainer.METRICS_FILE).exists()  # stopped before its first step
+    assert not (tmp_path / "stops" / "checkpoints").exists()  # stopped before the model, the data, the checkpoints
 
 
 def test_variants_plan_in_one_process(abstract, monkeypatch):

@@ -123,15 +123,22 @@ def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     return {d: jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=parallel.batch_sharding(mesh)) for d in "AB"}
 
 
+def abstract_state(config, mesh):
+    """(graph definitions, optimisers, the state's shapes each with the sharding a run gives it, those shardings)
+    of ``config`` on ``mesh``; nothing is initialised."""
+    g_tx, d_tx = make_optimizers(config)
+    graphdefs, state = abstract_train_state(config, g_tx, d_tx)
+    shardings = parallel.state_shardings(state, mesh, config.shard_state)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    return graphdefs, g_tx, d_tx, state, shardings
+
+
 def abstract_step(config, mesh, *, max_traces: int = 1) -> tuple[Callable, object, dict]:
     """(the jitted step a run of ``config`` on ``mesh`` compiles, its state's shapes with their shardings, a batch's
     shapes): lower and compile them with ``jitted.trace(state, batch).lower().compile()``. ``max_traces``: the
     trace guard's limit (``parallel.jit_train_step``), counted per place the step is defined."""
     check_devices(config, mesh)
-    g_tx, d_tx = make_optimizers(config)
-    graphdefs, state = abstract_train_state(config, g_tx, d_tx)
-    shardings = parallel.state_shardings(state, mesh, config.shard_state)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    graphdefs, g_tx, d_tx, state, shardings = abstract_state(config, mesh)
     step = make_step(config, graphdefs, g_tx, d_tx, mesh)
     jitted = parallel.jit_train_step(step, mesh, state_sharding=shardings, max_traces=max_traces)
     return jitted, state, abstract_batch(config, mesh)
@@ -217,18 +224,23 @@ def available_memory(config, device) -> tuple[int | None, str]:
     return limit, f"as {device.platform}:{device.id} reports"
 
 
-def preflight(config, step_fn, state, mesh) -> MemoryPlan | None:
-    """Before the first step: where the devices' memory is known (``available_memory``), compile the run's own
-    step (``step_fn``, about to run with ``state``) and raise ConfigError if XLA's plan does not fit, naming the
-    cheapest of ``FALLBACKS`` that does (each compiled on shapes only) or, if none does, what to try.
+def preflight(config, mesh, jitted_step: Callable) -> MemoryPlan | None:
+    """Before anything is built or placed: where the devices' memory is known (``available_memory``), compile the
+    run's own step on its state's shapes and raise ConfigError if XLA's plan does not fit, naming the cheapest of
+    ``FALLBACKS`` that does (each compiled on shapes only) or, if none does, what to try. Checked this early, a
+    state that alone would not fit stops here too, not in its random initialisation.
 
-    The compiled program goes through the persistent compilation cache (``config.xla_cache_dir``), from which the
-    first step then loads it: a run that fits pays the check in seconds. Without the cache the step compiles
-    twice. Returns the plan, or None where no memory is known (a CPU without an override) or XLA gives no plan."""
+    ``jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)`` is the trainer's: it keeps the step it
+    builds here for the run, and the compiled program goes through the persistent compilation cache
+    (``config.xla_cache_dir``), from which the first step then loads it: a run that fits pays the check in
+    seconds. Without the cache the step compiles twice. Returns the plan, or None where no memory is known (a CPU
+    without an override) or XLA gives no plan."""
     available, source = available_memory(config, mesh.local_devices[0])  # this process's: it can read them
     if available is None:
         return None
-    needed = plan_of(step_fn.lower(state, abstract_batch(config, mesh)).compile(), state)
+    graphdefs, g_tx, d_tx, state, shardings = abstract_state(config, mesh)
+    step = jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
+    needed = plan_of(step.lower(state, abstract_batch(config, mesh)).compile(), state)
     if needed is None:
         return None
     log.info("the step needs %s per device (XLA's plan) of %s (%s)", gib(needed.total), gib(available), source)

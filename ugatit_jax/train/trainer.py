@@ -371,6 +371,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     is_chief = jax.process_index() == 0
 
     mesh = parallel.make_mesh()
+    memory.preflight(config, mesh, jitted_step)  # where device memory is known: a step that cannot fit stops here
     source = data_lib.get_source(config)
     train_iter = data_lib.make_train_iterator(source, **data_lib.config_options(config))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -398,7 +399,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     start = int(jax.device_get(state.step))
 
     step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
-    memory.preflight(config, step_fn, state, mesh)  # where device memory is known: a step that cannot fit stops here
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_chief)
     sampler = Sampler(config, source, graphdefs, workdir) if is_chief else None
