@@ -350,7 +350,7 @@ except Exception as e:
     info["torch"] = f"failed: {type(e).__name__}: {e}"[:300]
 try:
     sys.path.insert(0, os.getcwd())
-    import ugatit_jax.train.trainer  # noqa: F401
+    import ugatit_jax.training.loop  # noqa: F401
     info["ugatit_jax"] = "ok"
 except Exception as e:
     info["ugatit_jax"] = f"failed: {type(e).__name__}: {e}"[:300]

@@ -9,7 +9,6 @@ over windows of steps (GAN losses are noisy step to step; the windowed means are
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -86,7 +85,9 @@ def compare(f32: list[dict], bf16: list[dict], window: int) -> dict:
 def main(argv=None) -> None:
     import throughput
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ugatit_jax.cli import Parser
+
+    p = Parser(prog="mixed_precision.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "emoji.py"))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--window", type=int, default=50, help="steps per averaged window")
@@ -119,4 +120,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ugatit_jax.cli import run_script
+
+    run_script("mixed_precision.py", main)

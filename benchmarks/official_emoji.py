@@ -6,8 +6,8 @@ trained with ``torch_reference.official_step`` (the official loop of that family
 official linear learning-rate decay from the half-way step, on **exactly our batches**: the same data pipeline,
 transforms, seed and settings as ``train.py --config configs/emoji.py`` (or ``configs/nice_emoji.py``). At the end
 the translating networks are written in the official checkpoint format, loaded by ``ugatit_jax.load`` and judged by
-the same evaluation as a training run of ours (``workdir/eval/step_<N>.json``), so the two can be compared number
-for number::
+the same evaluation as a training run of ours, into the file a run's evaluation goes to (``RUN/eval/step_<N>.json``,
+``ugatit_jax/run_dir.py``), so the two can be compared number for number::
 
     python benchmarks/official_emoji.py --official /path/to/UGATIT-pytorch --workdir runs/official_emoji \\
         [--config configs/emoji.py] [--config.seed=1 ...] [--threads 2]
@@ -15,7 +15,6 @@ for number::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -83,7 +82,9 @@ def evaluate_checkpoint(config, checkpoint: pathlib.Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python benchmarks/official_emoji.py", description=__doc__.splitlines()[0])
+    from ugatit_jax.cli import Parser
+
+    parser = Parser(prog="official_emoji.py", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--official", required=True, help="checkout or bare git dir: UGATIT-pytorch (NICE-GAN-pytorch for NICE)"
     )
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     from throughput import load_config
     from torch_reference import import_official
 
+    from ugatit_jax import run_dir
     from ugatit_jax.evaluation.evaluator import format_table, write_record
     from ugatit_jax.models.family import get_family
 
@@ -113,7 +115,7 @@ def main(argv=None) -> None:
     torch.save({name: getattr(official, name).state_dict() for name in names}, checkpoint)
     record = evaluate_checkpoint(config, checkpoint)
     record["official"] = {"losses": str(workdir / "official_losses.jsonl"), "checkpoint": str(checkpoint)}
-    write_record(record, str(workdir / "eval" / f"step_{config.iterations:07d}.json"))
+    write_record(record, run_dir.eval_file(str(workdir), config.iterations))
     family = "NICE-GAN" if config.model == "nice" else "U-GAT-IT"
     print(format_table(record, title=f"official {family}, {config.iterations} steps"))
 

@@ -1,6 +1,6 @@
 """Throughput of the jitted train step (U-GAT-IT or NICE-GAN), optionally against the official PyTorch step.
 
-It times exactly what training runs (``trainer.build_model`` / ``make_optimizers`` / ``make_step`` and
+It times exactly what training runs (``build_model`` / ``make_optimizers`` / ``train.family_step.make_step`` and
 ``parallel.jit_train_step``, with the config's state shardings) on random uint8 batches, so no dataset is needed.
 Reported: trace / lower / compile seconds, median ms per step and images/s (both domains), XLA's FLOP count for one
 step, achieved TFLOP/s and MFU against the device's dense peak, XLA's compiled memory plan per device (the state's
@@ -122,12 +122,13 @@ def devices_and_mesh(config, n_devices: int | None):
     batch does not fit them."""
     import jax
 
+    from ugatit_jax.errors import UsageError
     from ugatit_jax.train import memory, parallel
 
     available = jax.devices()
     n = len(available) if n_devices is None else n_devices
     if n > len(available):
-        raise SystemExit(
+        raise UsageError(
             f"--devices {n}: JAX sees {len(available)} {available[0].platform} device(s); on a CPU, "
             f"JAX_NUM_CPU_DEVICES={n} gives it {n}"
         )
@@ -140,16 +141,19 @@ def devices_and_mesh(config, n_devices: int | None):
 def setup(config, n_devices: int | None):
     """The project's own model, optimisers, state (placed as ``config.shard_state`` says) and jitted step on a mesh
     of ``n_devices`` devices."""
-    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.models.family import build_model
+    from ugatit_jax.train import parallel
+    from ugatit_jax.train.family_step import make_step
+    from ugatit_jax.train.optim import make_optimizers
     from ugatit_jax.train.state import create_train_state, ema_names
 
     devices, mesh = devices_and_mesh(config, n_devices)
-    model = trainer.build_model(config)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    model = build_model(config)
+    g_tx, d_tx = make_optimizers(config)
     graphdefs, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))  # the run's step, EMA included
     shardings = parallel.state_shardings(state, mesh, config.shard_state)
     state = parallel.place_state(state, shardings)
-    step = trainer.make_step(config, graphdefs, g_tx, d_tx, mesh)
+    step = make_step(config, graphdefs, g_tx, d_tx, mesh)
     step_fn = parallel.jit_train_step(step, mesh, state_sharding=shardings)
     return devices, state, step_fn, make_batches(config, parallel.batch_sharding(mesh))
 

@@ -30,12 +30,14 @@ import sys
 import tempfile
 import types
 
+from ugatit_jax.errors import UsageError
+
 
 def import_torch():
     try:
         import torch  # noqa: PLC0415
     except ImportError as e:
-        raise SystemExit("--torch-reference needs PyTorch: pip install 'ugatit-jax[torch]'") from e
+        raise ImportError("--torch-reference needs PyTorch: pip install 'ugatit-jax[torch]'") from e
     return torch
 
 
@@ -60,10 +62,10 @@ def locate_networks(path: str | os.PathLike, model: str = "ugatit", option: str 
                 ["git", "--git-dir", str(root), "show", "HEAD:networks.py"], check=True, capture_output=True, text=True
             ).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"{option} {root}: cannot read networks.py from the git directory ({e})") from e
+            raise UsageError(f"{option} {root}: cannot read networks.py from the git directory ({e})") from e
         out.write_text(text)
         return out
-    raise SystemExit(f"{option} {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
+    raise UsageError(f"{option} {root}: no networks.py there (expected a checkout of {OFFICIAL[model][0]})")
 
 
 @functools.cache
@@ -82,9 +84,9 @@ def import_official(
     spec.loader.exec_module(module)
     for name in names:
         if not hasattr(module, name):
-            raise SystemExit(f"{file}: no {name}; is this the networks.py of {repository}?")
+            raise UsageError(f"{file}: no {name}; is this the networks.py of {repository}?")
     if model == "nice" and hasattr(module, "RhoClipper"):
-        raise SystemExit(
+        raise UsageError(
             f"{file}: this is U-GAT-IT's networks.py (it has RhoClipper); --config.model=nice needs {repository}"
         )
     return module
@@ -93,7 +95,7 @@ def import_official(
 def check_detach(model: str, detach: bool) -> None:
     """``--torch-detach`` is a U-GAT-IT variant: the official NICE-GAN step already detaches its translations."""
     if detach and model == "nice":
-        raise SystemExit("--torch-detach: the official NICE-GAN step already detaches its translations")
+        raise UsageError("--torch-detach: the official NICE-GAN step already detaches its translations")
 
 
 def official_step(networks: types.ModuleType, config, **kwargs) -> OfficialStep | OfficialNiceStep:
@@ -118,7 +120,7 @@ class _Official:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise SystemExit(f"--torch-device {device}: this PyTorch ({torch.__version__}) sees no CUDA device")
+                raise UsageError(f"--torch-device {device}: this PyTorch ({torch.__version__}) sees no CUDA device")
             torch.backends.cudnn.benchmark = cudnn_benchmark  # autotuned cuDNN algorithms, as a GPU user runs it
         if autocast not in (None, "bfloat16"):
             raise ValueError(f"autocast={autocast!r}: only bfloat16 (float16 would need a GradScaler)")

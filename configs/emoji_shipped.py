@@ -2,7 +2,7 @@
 
     python train.py --config configs/emoji_shipped.py --workdir runs/emoji_shipped
 
-Differences from ``configs/emoji.py``: 3,000 steps with the paper's schedule (constant rate, then linear decay
+Differences from ``configs/emoji.py``: 2,000 steps with the paper's schedule (constant rate, then linear decay
 to 0 from the half-way point) and ``ema_decay`` 0.999; translations use the averaged weights. The run, its
 machine, wall time and scores are in ``ugatit_jax/weights/emoji/MODEL_CARD.md``.
 """
@@ -12,10 +12,10 @@ from ugatit_jax.config import sibling_config
 
 def get_config():
     c = sibling_config(__file__, "emoji.py")
-    c.iterations = 3000
+    c.iterations = 2000
     c.decay_flag = True
     c.ema_decay = 0.999
     c.sample_every = 500
-    c.eval_every = 1000
+    c.eval_every = 500
     c.checkpoint_every = 250
     return c

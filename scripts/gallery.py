@@ -9,7 +9,6 @@ pixels are enlarged ``--scale`` times without smoothing, so what the page shows 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,12 +17,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ugatit_jax import load  # noqa: E402
+from ugatit_jax.cli import Parser, make_main  # noqa: E402
 from ugatit_jax.data import get_source, test_transform  # noqa: E402
 from ugatit_jax.data.transforms import to_uint8  # noqa: E402
 from ugatit_jax.directions import DIRECTIONS  # noqa: E402
 from ugatit_jax.evaluation.visualize import save_png  # noqa: E402
 from ugatit_jax.nn.cam import colorize_heatmap  # noqa: E402
-from ugatit_jax.train.trainer import spread_indices  # noqa: E402
+from ugatit_jax.training.samples import spread_indices  # noqa: E402
 
 
 def test_images(split, count: int, size: int) -> np.ndarray:
@@ -41,14 +41,20 @@ def picture(real, image, heatmap, scale: int) -> np.ndarray:
     return grid.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/gallery.py", description=__doc__.splitlines()[0])
+PROG = "scripts/gallery.py"
+
+
+def _parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="emoji", help="a shipped model's name or a run folder")
     parser.add_argument("--output", default="docs/gallery", help="folder for <name>_A2B.png and <name>_B2A.png")
     parser.add_argument("--name", default="emoji", help="file name prefix")
     parser.add_argument("--count", type=int, default=8, help="test images per direction")
     parser.add_argument("--scale", type=int, default=2, help="pixel enlargement (nearest neighbour)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args) -> None:
     model = load(args.model)
     source = get_source(model.config)
     splits = dict(zip(DIRECTIONS, (source.test_a, source.test_b)))
@@ -58,7 +64,9 @@ def main(argv=None) -> int:
         path = os.path.join(args.output, f"{args.name}_{direction}.png")
         save_png(picture(real, image, heatmap, args.scale), path)
         print(f"wrote {path}: {model.name}, {len(real)} test images, {direction}")
-    return 0
+
+
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":

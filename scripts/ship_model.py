@@ -11,7 +11,6 @@ no domain classifier. The model card (``MODEL_CARD.md``) is written by hand from
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ugatit_jax.cli import Parser, make_main  # noqa: E402
 from ugatit_jax.loading import PRETRAINED_DIR, load_pretrained, load_run, save_pretrained  # noqa: E402
 
 SUBSET_LIMIT = 400  # emoji of the small build the test evaluates on: seconds to build, about 40 test pairs
@@ -41,12 +41,18 @@ def subset_scores(model, dataset_dir: str) -> dict:
     return {"emoji_limit": SUBSET_LIMIT, "pairs": record["pairs"], "scores": keep}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/ship_model.py", description=__doc__.splitlines()[0])
+PROG = "scripts/ship_model.py"
+
+
+def _parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="the train.py run to ship (latest checkpoint)")
     parser.add_argument("--name", required=True, help="the name load() will take, e.g. emoji")
     parser.add_argument("--output", default=PRETRAINED_DIR, help="the folder of shipped models")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args) -> None:
     from ugatit_jax.data import get_source
     from ugatit_jax.evaluate import evaluate
 
@@ -67,7 +73,9 @@ def main(argv=None) -> int:
 
     print(format_table(full, f"{model.name}: {full['dataset']} test split"))
     print(json.dumps(subset, indent=1))
-    return 0
+
+
+main = make_main(PROG, _parser, _run)
 
 
 if __name__ == "__main__":

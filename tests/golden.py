@@ -11,9 +11,9 @@ from flax import nnx
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
-from ugatit_jax.nn.jit_init import abstract_module
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 from ugatit_jax.train import optim
+from ugatit_jax.xla.jit_init import abstract_module
 
 # Parity tolerance. Elementwise |ours - ref| <= RTOL * |ref| + RTOL * max(1, max|ref|): the eval-mode
 # discriminators of an *untrained* checkpoint use the never-iterated random u, v, so sigma is tiny and their

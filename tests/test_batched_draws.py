@@ -1,4 +1,4 @@
-"""ugatit_jax.nn.batched_draws: the merged Threefry draws give JAX's own bits, to the last one."""
+"""ugatit_jax.xla.batched_draws: the merged Threefry draws give JAX's own bits, to the last one."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ from flax import nnx
 
 from ugatit_jax.models.nice import NiceDiscriminator
 from ugatit_jax.models.ugatit import Discriminator, Generator
-from ugatit_jax.nn.batched_draws import MAX_BATCHED, batch_threefry_draws
+from ugatit_jax.xla.batched_draws import MAX_BATCHED, batch_threefry_draws
 
 
 def _assert_identical(fun, key):

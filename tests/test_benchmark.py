@@ -150,7 +150,7 @@ def test_peak_table_knows_the_lent_gpus():
 
 
 def test_torch_reference_needs_networks_py(tmp_path):
-    with pytest.raises(SystemExit, match="no networks.py"):
+    with pytest.raises(UsageError, match="no networks.py"):
         torch_reference.locate_networks(tmp_path)
 
 
@@ -186,7 +186,7 @@ def test_official_nice_step_runs_at_our_config():
     official(*official.random_batch(1))
     assert any(not (a == b.detach()).all() for a, b in zip(before, official.disA.parameters()))
     if OFFICIAL:  # U-GAT-IT's networks.py for a NICE config: one line naming the right repository
-        with pytest.raises(SystemExit, match="NICE-GAN-pytorch"):
+        with pytest.raises(UsageError, match="NICE-GAN-pytorch"):
             torch_reference.import_official(OFFICIAL, "nice")
 
 

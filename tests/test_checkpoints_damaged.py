@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from tiny import random_model, run_config, tiny_config
 
-from ugatit_jax.train import trainer
+from ugatit_jax.train import optim
 from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, DamagedCheckpointError, abstract_like
 from ugatit_jax.train.state import abstract_train_state, create_train_state
+from ugatit_jax.training import loop
 
 STEPS = (2, 3, 4)
 
 
 def _abstract(config):
-    _, abstract = abstract_train_state(config, *trainer.make_optimizers(config))
+    _, abstract = abstract_train_state(config, *optim.make_optimizers(config))
     return abstract_like(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
 
@@ -30,7 +31,7 @@ def three_checkpoints(tmp_path):
     """Checkpoints 2, 3, 4 of a random tiny model with its step added to every parameter (restores told apart;
     random values, so the array files do not compress to nothing)."""
     config = tiny_config()
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     _, state = create_train_state(random_model(config), g_tx, d_tx)
     with Checkpointer(str(tmp_path), async_save=False) as ckpt:
         for step in STEPS:
@@ -115,10 +116,10 @@ def test_training_resumes_past_a_damaged_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     config = run_config(checkpoint_every=1)  # both runs: one config, one compiled step
     chex.clear_trace_counter()
-    trainer.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     _truncate(os.path.join(workdir, "checkpoints", "4", "_CHECKPOINT_METADATA"))
     chex.clear_trace_counter()
-    result = trainer.train_and_evaluate(config, workdir)  # resumes from 3, trains step 4 again
+    result = loop.train_and_evaluate(config, workdir)  # resumes from 3, trains step 4 again
     assert result["step"] == 4
     assert glob.glob(os.path.join(workdir, "checkpoints", "damaged", "4-*"))
     with Checkpointer(workdir, read_only=True) as ckpt:

@@ -1,7 +1,7 @@
-"""``ugatit_jax.compilation_cache``'s guard for programs that span processes (docs/multiprocess_jax012.md), on a
+"""``ugatit_jax.xla.compilation_cache``'s guard for programs that span processes (docs/multiprocess_jax012.md), on a
 stand-in of JAX's cache-key function: which programs it keeps out of the cache, and that it steps aside where JAX's
 internals moved. The hang itself, and that the guard ends it, are tested by launching processes
-(tests/test_multiprocess.py::test_warm_relaunch_finishes)."""
+(tests/test_multiprocess.py::test_kill_minus_9_one_process_then_warm_relaunch)."""
 
 from types import SimpleNamespace
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax._src import compiler
 
-from ugatit_jax import compilation_cache
+from ugatit_jax.xla import compilation_cache
 
 
 def test_affected_jaxlib_versions():

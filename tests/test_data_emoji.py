@@ -49,8 +49,10 @@ def test_both_packages_match_thousands_of_emoji():
     matched = emoji.match_emoji()
     keys = [key for key, _, _ in matched]
     assert len(matched) >= 3900 and keys == sorted(set(keys))
-    key, png, svg = matched[0]
-    assert png.endswith(".png") and svg.endswith(".svg") and os.path.exists(png) and os.path.exists(svg)
+    key, twemoji_svg, openmoji_svg = matched[0]
+    assert os.path.exists(twemoji_svg) and os.path.exists(openmoji_svg)
+    assert "twemoji" in twemoji_svg and "openmoji" in openmoji_svg and openmoji_svg.endswith(".svg")
+    assert twemoji_svg.endswith(".svg")
     held_out = sum(map(emoji.is_test_key, keys)) / len(keys)
     assert 0.08 < held_out < 0.12
 
@@ -62,7 +64,8 @@ def test_split_is_a_fixed_function_of_the_code_point():
 
 def test_build_writes_the_official_layout_named_by_code_point(built):
     root, cache, manifest = built
-    assert cache == os.path.join(root, emoji.cache_key(LIMIT)) and os.path.basename(cache).startswith("v2-limit40-")
+    assert cache == os.path.join(root, emoji.cache_key(LIMIT))
+    assert os.path.basename(cache).startswith(f"v{emoji.FORMAT_VERSION}-limit40-")
     assert os.listdir(root) == [os.path.basename(cache)]  # no temporary folder left
     keys = [key for key, _, _ in emoji.match_emoji()[:LIMIT]]
     test_keys = sorted(k for k in keys if emoji.is_test_key(k))
@@ -75,7 +78,7 @@ def test_build_writes_the_official_layout_named_by_code_point(built):
         assert json.load(file) == manifest
     for domain in "AB":
         with Image.open(os.path.join(cache, f"test{domain}", "1f1e6.png")) as image:
-            assert image.mode == "RGB" and image.size == (72, 72)
+            assert image.mode == "RGB" and image.size == (emoji.IMAGE_SIZE, emoji.IMAGE_SIZE)
     b = np.asarray(Image.open(os.path.join(cache, "testB", "1f1e6.png")))
     assert tuple(b[0, 0]) == (255, 255, 255)  # transparent SVG background became white
 
@@ -105,7 +108,7 @@ def test_source_pairs_test_images_by_code_point_and_reuses_the_cache(built, monk
     for key, index_a, index_b in source.test_pairs:
         assert source.keys("testA")[index_a] == key == source.keys("testB")[index_b]
     key, a, b = next(emoji.pair_images(source))
-    assert a.shape == b.shape == (72, 72, 3) and not np.array_equal(a, b)
+    assert a.shape == b.shape == (emoji.IMAGE_SIZE, emoji.IMAGE_SIZE, 3) and not np.array_equal(a, b)
 
 
 def test_the_key_names_the_recipe_and_the_limit(monkeypatch):
@@ -144,7 +147,8 @@ def test_building_another_key_leaves_a_readers_files_intact(tmp_path):
     finally:
         for handle in handles:
             handle.close()
-    assert all(reader.split(split)[i].shape == (72, 72, 3) for split in emoji.SPLITS for i in range(2))
+    shape = (emoji.IMAGE_SIZE, emoji.IMAGE_SIZE, 3)
+    assert all(reader.split(split)[i].shape == shape for split in emoji.SPLITS for i in range(2))
     assert os.path.dirname(other.train_a.location) != folder and len(other.train_a) == 28
 
 
@@ -291,7 +295,8 @@ def test_emoji_with_a_flat_square_are_left_out_of_both_domains(tmp_path, monkeyp
     def square(path):
         image = original(path)
         if os.path.basename(path).lower().startswith("1f004"):
-            image.paste((200, 30, 30), (4, 4, 68, 68))  # like Twemoji's coloured squares
+            side = emoji.IMAGE_SIZE
+            image.paste((200, 30, 30), (4, 4, side - 4, side - 4))  # like Twemoji's coloured squares
         return image
 
     monkeypatch.setattr(emoji, "render_twemoji", square)
@@ -303,7 +308,7 @@ def test_emoji_with_a_flat_square_are_left_out_of_both_domains(tmp_path, monkeyp
 
 def test_the_real_flat_emoji_are_detected():
     """The real emoji that trip the rule are Twemoji's coloured squares, circles and skin-tone swatches."""
-    twemoji = dict((key, png) for key, png, _ in emoji.match_emoji())
+    twemoji = dict((key, svg) for key, svg, _ in emoji.match_emoji())
     for key in ("1f7e9", "2b1c", "1f3fb"):  # green square, white square, skin tone 1-2
         assert emoji.has_flat_square(np.asarray(emoji.render_twemoji(twemoji[key]))), key
     assert not emoji.has_flat_square(np.asarray(emoji.render_twemoji(twemoji["1f600"])))

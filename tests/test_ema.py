@@ -15,10 +15,11 @@ from tiny import random_model, tiny_config
 
 from ugatit_jax import load
 from ugatit_jax.config import ConfigError, validate
-from ugatit_jax.train import parallel, trainer
+from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, abstract_like
 from ugatit_jax.train.updates import ema_decay_at
+from ugatit_jax.training import steps
 
 DECAY = 0.9
 
@@ -32,14 +33,14 @@ def _batch(seed):
 def trained():
     """(config, initial state, state after 2 steps) of the tiny model with EMA, on one device."""
     config = tiny_config(ema_decay=DECAY)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     graphdefs, state = train_state.create_train_state(
         random_model(config), g_tx, d_tx, ema=train_state.ema_names(config)
     )
     initial = jax.device_get(state)
     mesh = parallel.make_mesh(jax.devices()[:1])
     state = parallel.replicate(state, mesh)
-    step = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh))
+    step = steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh))
     states = [initial]
     for seed in range(2):
         state, _ = step(state, jax.device_put(_batch(seed), parallel.batch_sharding(mesh)))
@@ -74,7 +75,7 @@ def test_off_means_no_average():
     """ema_decay 0 (the default): no average in the state, so the step and the checkpoints are the official ones."""
     config = tiny_config()
     assert config.ema_decay == 0 and train_state.ema_names(config) == ()
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     _, state = train_state.abstract_train_state(config, g_tx, d_tx)
     assert state.ema is None
     for bad in (-0.1, 1.0):
@@ -86,7 +87,7 @@ def test_checkpoints_with_and_without_the_average(trained, tmp_path):
     """With EMA the average is saved and restored bit for bit; without it the stored tree is the pre-EMA one (no
     ``ema`` entry); a checkpoint restored with the other setting fails with a message naming ema_decay."""
     config, states = trained
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     rep = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     with Checkpointer(str(tmp_path / "ema"), async_save=False) as ckpt:

@@ -10,7 +10,8 @@ from tiny import run_config, tiny_config
 
 from ugatit_jax import plan as plan_cli
 from ugatit_jax.config import ConfigError, parse_size, validate
-from ugatit_jax.train import memory, parallel, trainer
+from ugatit_jax.train import memory, parallel
+from ugatit_jax.training import loop
 
 GIB = 2**30
 TINY = dict(ch=4, n_res=1, img_size=32, disc_global_layers=4, disc_local_layers=3, batch_size=8, shard_state=True)
@@ -200,13 +201,13 @@ def test_a_run_checks_its_own_step_before_the_first(tmp_path, monkeypatch, caplo
     monkeypatch.delenv(memory.ENV_VAR, raising=False)
     _fake_plans(monkeypatch, lambda c: pytest.fail("a step that fits must not compile variants"))
     with caplog.at_level("INFO", logger="ugatit_jax"):
-        result = trainer.train_and_evaluate(run_config(device_memory="64GiB"), str(tmp_path / "fits"))
+        result = loop.train_and_evaluate(run_config(device_memory="64GiB"), str(tmp_path / "fits"))
     assert result["step"] == run_config().iterations
     assert any("per device (XLA's plan) of 64.00 GiB (config.device_memory=64GiB)" in r.message for r in caplog.records)
 
     asked = _fake_plans(monkeypatch, lambda c: 0.0009765625 * (1 - c.shard_state / 2))  # 1 MiB, half with shard_state
     with pytest.raises(ConfigError) as e:
-        trainer.train_and_evaluate(run_config(device_memory="0.6MiB"), str(tmp_path / "stops"))
+        loop.train_and_evaluate(run_config(device_memory="0.6MiB"), str(tmp_path / "stops"))
     message = str(e.value)
     assert message.startswith("the step needs ") and " MiB per device but the device has 0.6 MiB " in message
     assert message.endswith("(config.device_memory=0.6MiB): --config.shard_state=true fits (0.5 MiB)"), message

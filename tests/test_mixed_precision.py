@@ -14,8 +14,8 @@ from flax import nnx
 from test_benchmark import ROOT, TINY, throughput
 from tiny import tiny_config
 
+from ugatit_jax.models.family import build_model
 from ugatit_jax.nn.norms import AdaILN, instance_layer_mix, instance_norm
-from ugatit_jax.train import trainer
 
 STEPS = 4
 BAND = 0.05
@@ -59,7 +59,7 @@ def test_bf16_state_and_metrics_stay_float32(runs):
 
 def test_bf16_convolutions_run_in_bf16():
     """The compute really is bfloat16: the generator's convolutions/matmuls take bf16 operands."""
-    model = trainer.build_model(tiny_config(compute_dtype="bfloat16"))
+    model = build_model(tiny_config(compute_dtype="bfloat16"))
     x = jnp.zeros((1, 32, 32, 3))
     hlo = jax.jit(lambda m, x: m(x)).lower(model.genA2B, x).as_text()
     assert "bf16" in hlo

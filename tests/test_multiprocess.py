@@ -8,7 +8,8 @@ Two kinds of runs:
   the same data and must agree (the real pipeline gives each host its own images by design). The 2x2 runs launch
   this file as a worker script (``python tests/test_multiprocess.py worker SPEC``), the 1x4 ones run in the test
   process on 4 of its 8 devices;
-* ``train.py`` itself through the launcher, for resume, kill -9, process-0 outputs and bad input.
+* ``train.py`` itself through the launcher, for resume, kill -9, process-0 outputs and bad input (the reference run
+  and its kill -9 twin with the state sharded, the resumes of its checkpoints replicated).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ WORKER_BATCH = 4
 # does not see, so the 2x2 worker's traced step serves theirs, and its compiled step serves process 0 of theirs from
 # the persistent cache (on CPU, JAX's cache key holds a topology fingerprint that differs between the processes of
 # one run, so process 1 finds nothing that process 0 wrote and compiles its own; measured with jax 0.10.2). On
-# jaxlib >= 0.12.1 every process compiles the programs that span processes (ugatit_jax.compilation_cache).
+# jaxlib >= 0.12.1 every process compiles the programs that span processes (ugatit_jax.xla.compilation_cache).
 ITERATIONS = 8
 RUN = dict(
     batch_size=WORKER_BATCH,
@@ -49,23 +50,24 @@ RUN = dict(
 
 # ------------------------------------------------------------------------------------------------------- worker
 def _worker(spec: dict, devices=None) -> None:
-    """One process of a fixed-batch run over ``devices`` (default: all, every process's): ``jobs`` run in order;
-    process 0 writes each job's losses + params. The 1x4 runs call it in the test process itself, on 4 of its 8
-    devices (one process, four devices, as a 1x4 launch, without starting Python and compiling in another)."""
+    """One process of a fixed-batch run over ``devices`` (default: all, every process's): ``jobs`` run in order
+    (``shard``: with ``config.shard_state``); process 0 writes each job's losses + params. The 1x4 runs call it in
+    the test process itself, on 4 of its 8 devices (one process, four devices, as a 1x4 launch, without starting
+    Python and compiling in another)."""
     import chex
     import jax
     import numpy as np
     from tiny import random_model, tiny_config
 
-    from ugatit_jax.compilation_cache import enable_compilation_cache
-    from ugatit_jax.train import parallel, trainer
+    from ugatit_jax.train import optim, parallel
     from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
     from ugatit_jax.train.state import create_train_state
+    from ugatit_jax.training import steps
+    from ugatit_jax.xla.compilation_cache import enable_compilation_cache
 
     parallel.maybe_initialize_distributed()
     # the test session's cache (conftest.py): compiles shared with train.py runs and the tests
     enable_compilation_cache(os.environ.get("UGATIT_TEST_XLA_CACHE") or "~/.cache/ugatit_jax/xla-tests")
-    config = tiny_config(**RUN, xla_cache_dir="")
     mesh = parallel.make_mesh(devices)
     rng = np.random.default_rng(0)
     shape = (WORKER_BATCH, 32, 32, 3)
@@ -73,8 +75,10 @@ def _worker(spec: dict, devices=None) -> None:
     local = WORKER_BATCH // jax.process_count()
     rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     for job in spec["jobs"]:
+        t_job = time.perf_counter()
         chex.clear_trace_counter()
-        g_tx, d_tx = trainer.make_optimizers(config)
+        config = tiny_config(**RUN, xla_cache_dir="", shard_state=bool(job.get("shard")))
+        g_tx, d_tx = optim.make_optimizers(config)
         # numpy-drawn weights (the same in every process): an eager init compiles one program per weight shape
         graphdefs, state = create_train_state(random_model(config), g_tx, d_tx)
         shardings = parallel.state_shardings(state, mesh, config.shard_state)
@@ -92,7 +96,7 @@ def _worker(spec: dict, devices=None) -> None:
             with Checkpointer(job["restore"], async_save=False) as ckpt:
                 state, _, _ = ckpt.restore(abstract_like(state, shardings), job["restore_step"])
         # the trainer's own step (traced-step cache included), so train.py's launches load what this one kept
-        step_fn = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
+        step_fn = steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
         ckpt = Checkpointer(job["save"], async_save=False) if job.get("save") else None
         losses = []
         for i in range(int(jax.device_get(state.step)), K_STEPS):
@@ -107,9 +111,20 @@ def _worker(spec: dict, devices=None) -> None:
                 ckpt.wait()
         if ckpt:
             ckpt.close()
-        params = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+        # the share of the state's elements one device holds: 1 replicated
+        arrays = jax.tree.leaves((state.params, state.g_opt, state.d_opt))
+        per_device = sum(x.addressable_shards[0].data.size for x in arrays) / sum(x.size for x in arrays)
+        readable = parallel.host_readable(state.params, mesh)  # every process: split ones are gathered
+        params = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(readable)}
         if jax.process_index() == 0:
-            np.savez(job["out"], losses=np.array(losses), step=int(jax.device_get(state.step)), **params)
+            np.savez(
+                job["out"],
+                losses=np.array(losses),
+                step=int(jax.device_get(state.step)),
+                per_device=per_device,
+                seconds=time.perf_counter() - t_job,
+                **params,
+            )
     print("worker done", flush=True)
 
 
@@ -152,8 +167,9 @@ import pytest  # noqa: E402
 from golden import reordered_sum_outliers  # noqa: E402
 from tiny import subprocess_xla_flags, tiny_config, tiny_flags  # noqa: E402
 
+from ugatit_jax import run_dir  # noqa: E402
+from ugatit_jax.train import optim  # noqa: E402
 from ugatit_jax.train import state as train_state  # noqa: E402
-from ugatit_jax.train import trainer  # noqa: E402
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like  # noqa: E402
 
 LAUNCH_TIMEOUT = 900  # hard bound per launch (a tiny run on a loaded 2-core machine)
@@ -306,8 +322,10 @@ def test_saved_position_resumes_each_host():
 @pytest.fixture(scope="module")
 def fixed_runs(tmp_path_factory):
     """A: 1x4 from init (checkpoint at step 1). B: 2x2 from init (checkpoint at 1), then, in the same processes,
-    D: 2x2 from A's step-1 checkpoint. C: 1x4 from B's step-1 checkpoint. All end at step K_STEPS. The 1x4 runs
-    (A, C) run in this process on 4 of its devices, the 2x2 ones (B, D) in one launch of two processes."""
+    D: 2x2 from A's step-1 checkpoint, E: 2x2 with ``shard_state`` from init (checkpoint at 1) and F: 2x2 sharded
+    from A's step-1 checkpoint. C: 1x4 from B's step-1 checkpoint, G: 1x4 (replicated) from E's. All end at step
+    K_STEPS. The 1x4 runs (A, C, G) run in this process on 4 of its devices, the 2x2 ones (B, D, E, F) in one
+    launch of two processes."""
     d = tmp_path_factory.mktemp("fixed")
     path = lambda name: str(d / name)
     times = {}
@@ -319,10 +337,18 @@ def fixed_runs(tmp_path_factory):
             dict(out=path("B.npz"), save=path("ckB"), save_step=1),
             dict(out=path("D.npz"), restore=path("ckA"), restore_step=1),
             dict(differ=path("differ")),
+            dict(out=path("E.npz"), save=path("ckE"), save_step=1, shard=True),
+            dict(out=path("F.npz"), restore=path("ckA"), restore_step=1, shard=True),
         ],
     )
-    times["1x4 restore"] = _worker_here([dict(out=path("C.npz"), restore=path("ckB"), restore_step=1)])
-    runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCD"}
+    times["1x4 restore"] = _worker_here(
+        [
+            dict(out=path("C.npz"), restore=path("ckB"), restore_step=1),
+            dict(out=path("G.npz"), restore=path("ckE"), restore_step=1),
+        ]
+    )
+    runs = {k: dict(np.load(path(f"{k}.npz"))) for k in "ABCDEFG"}
+    times["2x2 sharded jobs (E, F) within 2x2"] = float(runs["E"]["seconds"] + runs["F"]["seconds"])
     runs["differ"] = [(d / f"differ.{i}").read_text() if (d / f"differ.{i}").exists() else None for i in range(2)]
     runs["times"] = times
     return runs
@@ -337,19 +363,26 @@ def _assert_close_run(got: dict, ref: dict, steps: int) -> dict:
     n = len(got["losses"])
     np.testing.assert_allclose(got["losses"], ref["losses"][-n:], rtol=1e-5)
     worst = {"loss_rel": float(np.max(np.abs(got["losses"] - ref["losses"][-n:]) / np.abs(ref["losses"][-n:])))}
-    pairs = ((key, got[key], ref[key]) for key in ref if key not in ("losses", "step"))
+    pairs = ((key, got[key], ref[key]) for key in ref if key not in ("losses", "step", "per_device", "seconds"))
     outliers, total, worst["param_abs"] = reordered_sum_outliers(pairs, config.lr, steps)
     assert outliers <= 1e-3 * total, f"{outliers} of {total} elements beyond 1e-4 relative"
     worst["outliers"] = f"{outliers} of {total}"
     return worst
 
 
-def test_two_processes_match_one(fixed_runs, record_property):
-    """2 processes x 2 devices and 1 process x 4 devices, same global batches: same losses and parameters."""
-    worst = _assert_close_run(fixed_runs["B"], fixed_runs["A"], K_STEPS)
+@pytest.mark.parametrize("run", ["B", "E"], ids=["replicated", "sharded"])
+def test_two_processes_match_one(fixed_runs, run, record_property):
+    """2 processes x 2 devices, the state replicated (B) or split over all four devices (E: parameters and both Adam
+    states, ``config.shard_state``), and 1 process x 4 devices replicated, same global batches: same losses and
+    parameters."""
+    got = fixed_runs[run]
+    assert float(fixed_runs["A"]["per_device"]) == 1.0
+    if run == "E":  # really split: each device holds about a quarter of the state
+        assert float(got["per_device"]) < 0.5, float(got["per_device"])
+    worst = _assert_close_run(got, fixed_runs["A"], K_STEPS)
     record_property("2x2_vs_1x4", worst)
     record_property("wall_s", fixed_runs["times"])
-    print("2x2 vs 1x4 largest differences:", worst, "wall times:", fixed_runs["times"])
+    print(f"2x2 ({run}) vs 1x4 largest differences:", worst, "wall times:", fixed_runs["times"])
 
 
 def test_checkpoint_crosses_process_counts(fixed_runs):
@@ -357,6 +390,15 @@ def test_checkpoint_crosses_process_counts(fixed_runs):
     print("2->1:", _assert_close_run(fixed_runs["C"], fixed_runs["A"], K_STEPS))
     print("1->2:", _assert_close_run(fixed_runs["D"], fixed_runs["B"], K_STEPS))
     assert len(fixed_runs["C"]["losses"]) == len(fixed_runs["D"]["losses"]) == K_STEPS - 1
+
+
+def test_checkpoint_crosses_layouts(fixed_runs):
+    """Written by 2 processes sharded, restored by 1 replicated (G), and 1 replicated -> 2 sharded (F): training
+    continues equal to the uninterrupted 1x4 run."""
+    print("2 sharded -> 1 replicated:", _assert_close_run(fixed_runs["G"], fixed_runs["A"], K_STEPS))
+    print("1 replicated -> 2 sharded:", _assert_close_run(fixed_runs["F"], fixed_runs["A"], K_STEPS))
+    assert float(fixed_runs["F"]["per_device"]) < 0.5 and float(fixed_runs["G"]["per_device"]) == 1.0
+    assert len(fixed_runs["F"]["losses"]) == len(fixed_runs["G"]["losses"]) == K_STEPS - 1
 
 
 def test_processes_refuse_differing_initial_states(fixed_runs):
@@ -377,11 +419,14 @@ def _train_cmd(workdir, *flags) -> list[str]:
 # Runs past the reference skip the final evaluation (process 0's alone, no part of the state the tests compare):
 # its classifier and translators would cost every launch seconds of compiling.
 NO_EVAL = "--config.eval_every=0"
+# The reference run and its kill -9 twin split the state over the processes' devices; the warm relaunch and the
+# 1-process resume continue its checkpoints replicated.
+SHARDED = "--config.shard_state=true"
 
 
 def _final_state(workdir, step=None):
     config = tiny_config()
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     _, abstract = train_state.abstract_train_state(config, g_tx, d_tx)  # the construction traced once per process
     with Checkpointer(str(workdir), async_save=False, read_only=True) as ckpt:
         step = ckpt.latest_step() if step is None else step
@@ -392,9 +437,11 @@ def _final_state(workdir, step=None):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    """An uninterrupted 2x2 train.py run; process 1 runs with umask 077, so every file it creates is private."""
+    """An uninterrupted 2x2 train.py run with the state sharded (``SHARDED``: process 0's sample strips and
+    evaluation read networks gathered from both processes); process 1 runs with umask 077, so every file it creates
+    is private."""
     workdir = tmp_path_factory.mktemp("ref") / "run"
-    command = shlex.join([sys.executable, *_train_cmd(workdir)])
+    command = shlex.join([sys.executable, *_train_cmd(workdir, SHARDED)])
     script = f'if [ "$JAX_PROCESS_ID" = 1 ]; then umask 077; else umask 022; fi; exec {command}'
     t = time.perf_counter()
     code, out, err = _launch(2, 2, "sh", "-c", script)
@@ -439,13 +486,42 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
-    """kill -9 of process 1 mid-run: the launcher ends process 0 and exits non-zero quickly; the newest complete
-    checkpoint restores; re-launching resumes and ends equal to the uninterrupted run."""
+def _lines_by_process(err: str) -> dict[int, list[str]]:
+    """The launcher's output per child. A line without the ``[pN]`` prefix continues the one before it: the
+    progress bar's carriage returns read as line ends here (text mode)."""
+    found: dict[int, list[str]] = collections.defaultdict(list)
+    process = None
+    for line in err.splitlines():
+        m = re.match(r"\[p(\d+)\] (.*)", line)
+        if m:
+            process, line = int(m.group(1)), m.group(2)
+        elif line.startswith("[launch]"):
+            process = None
+        if process is not None:
+            found[process].append(line)
+    return found
+
+
+def _persistent_misses(lines: list[str]) -> list[str]:
+    """The programs JAX looked up in the persistent cache and did not find (JAX_EXPLAIN_CACHE_MISSES)."""
+    return [m.group(1) for line in lines if (m := re.search(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'", line))]
+
+
+def test_kill_minus_9_one_process_then_warm_relaunch(reference_run, tmp_path, record_property):
+    """kill -9 of process 1 mid-run (state sharded, as the reference): the launcher ends process 0 and exits
+    non-zero quickly; the newest complete checkpoint restores; re-launching resumes and ends bit-equal to the
+    uninterrupted run.
+
+    The relaunch is also the warm launch that hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md): the
+    killed run traced and compiled the step, so both processes load the traced step, and where mixing cached and
+    fresh executables is safe process 0 still loads the compiled step (process 1 never finds one on CPU); where it
+    is not, no process looks the step up at all."""
+    from ugatit_jax.xla.compilation_cache import mixed_executables_hang
+
     workdir = tmp_path / "run"
     log = tmp_path / "launcher.err"
     with open(log, "w") as err_file:
-        proc = _start(_launch_cmd(2, 2, *_train_cmd(workdir), extra=("--grace", "5")), stderr=err_file)
+        proc = _start(_launch_cmd(2, 2, *_train_cmd(workdir, SHARDED), extra=("--grace", "5")), stderr=err_file)
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     folder = workdir / "checkpoints"
     while not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
@@ -472,54 +548,12 @@ def test_kill_minus_9_one_process(reference_run, tmp_path, record_property):
     step, state, _ = _final_state(workdir, last)
     assert int(state.step) == last
 
-    code, out, err = _launch(2, 2, *_train_cmd(workdir, NO_EVAL))
-    assert code == 0, err[-6000:]
-    assert "resumed from" in err and f"at step {last}" in err
-    ref_step, ref_state, ref_data = _final_state(reference_run[0])
-    step, state, data = _final_state(workdir)
-    assert step == ref_step == ITERATIONS and data == ref_data
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(ref_state)):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-
-
-def _lines_by_process(err: str) -> dict[int, list[str]]:
-    """The launcher's output per child. A line without the ``[pN]`` prefix continues the one before it: the
-    progress bar's carriage returns read as line ends here (text mode)."""
-    found: dict[int, list[str]] = collections.defaultdict(list)
-    process = None
-    for line in err.splitlines():
-        m = re.match(r"\[p(\d+)\] (.*)", line)
-        if m:
-            process, line = int(m.group(1)), m.group(2)
-        elif line.startswith("[launch]"):
-            process = None
-        if process is not None:
-            found[process].append(line)
-    return found
-
-
-def _persistent_misses(lines: list[str]) -> list[str]:
-    """The programs JAX looked up in the persistent cache and did not find (JAX_EXPLAIN_CACHE_MISSES)."""
-    return [m.group(1) for line in lines if (m := re.search(r"PERSISTENT COMPILATION CACHE MISS for '([^']+)'", line))]
-
-
-def test_warm_relaunch_finishes(reference_run, tmp_path):
-    """The reference setup launched again on the warm persistent cache (resuming its step-6 checkpoint): both
-    processes load the traced step, the run finishes, and it ends equal to the reference. This is the launch that
-    hung for good on jaxlib 0.12.1 (docs/multiprocess_jax012.md). Where mixing cached and fresh executables is safe,
-    process 0 still loads the compiled step (process 1 never finds one on CPU); where it is not, no process looks
-    the step up at all."""
-    from ugatit_jax.compilation_cache import mixed_executables_hang
-
-    workdir = tmp_path / "run"
-    shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
-    shutil.rmtree(workdir / "checkpoints" / str(ITERATIONS))
     t = time.perf_counter()
     env = _env() | {"JAX_EXPLAIN_CACHE_MISSES": "1"}
-    code, out, err = _finish(_start(_launch_cmd(2, 2, *_train_cmd(workdir, NO_EVAL)), env=env))
-    print(f"warm 2x2 relaunch, 2 steps: {time.perf_counter() - t:.0f} s")
+    code, out, err = _finish(_start(_launch_cmd(2, 2, *_train_cmd(workdir, NO_EVAL, SHARDED)), env=env))
+    print(f"warm 2x2 relaunch from step {last}: {time.perf_counter() - t:.0f} s")
     assert code == 0, err[-6000:]
-    assert f"at step {ITERATIONS - 2}" in err
+    assert "resumed from" in err and f"at step {last}" in err
     lines = _lines_by_process(err)
     for i in range(2):
         assert any(re.search(r"train step loaded from .*\(not traced\)", line) for line in lines[i]), lines[i][-20:]
@@ -537,8 +571,15 @@ def test_warm_relaunch_finishes(reference_run, tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+def _losses(workdir) -> dict[int, tuple[float, float]]:
+    """``step -> (d_loss, g_loss)`` from a run's ``metrics.jsonl``."""
+    lines = (json.loads(line) for line in (workdir / run_dir.METRICS).read_text().splitlines())
+    return {r["step"]: (r["d_loss"], r["g_loss"]) for r in lines}
+
+
 def test_two_process_run_resumes_in_one(reference_run, tmp_path):
-    """train.py in 1 process x 4 devices resumes a 2-process run's checkpoint (the data order changes: logged)."""
+    """train.py in 1 process x 4 devices, replicated, resumes a 2-process sharded run's checkpoint (the data order
+    changes: logged)."""
     workdir = tmp_path / "run"
     shutil.copytree(reference_run[0] / "checkpoints", workdir / "checkpoints")
     for step in (ITERATIONS - 2, ITERATIONS):  # resume from the oldest kept one

@@ -14,9 +14,9 @@ from ugatit_jax.models.family import build_model
 from ugatit_jax.models.nice import NiceGenerator
 from ugatit_jax.models.ugatit import UGATIT, Discriminator, Generator
 from ugatit_jax.nn.attention import CAMAttention
-from ugatit_jax.nn.jit_init import abstract_module, jit_init
 from ugatit_jax.nn.norms import ILN, AdaILN
 from ugatit_jax.nn.spectral_norm import SpectralNorm
+from ugatit_jax.xla.jit_init import abstract_module, jit_init
 
 B = 2
 
@@ -276,7 +276,7 @@ def test_build_model_is_seeded_and_draws_torch_default_bounds(model):
 def test_traced_rngs_draw_the_keys_of_nnx_rngs():
     """``jit_init.TracedRngs`` stands in for ``nnx.Rngs(key)`` while constructing: the same key for every draw, in
     order, eagerly and traced; a stream it does not have is an error, not a silent stand-in."""
-    from ugatit_jax.nn.jit_init import TracedRngs
+    from ugatit_jax.xla.jit_init import TracedRngs
 
     draws = lambda rngs: [rngs.params(), rngs(), rngs.default(), rngs.params()]
     data = lambda keys: jnp.stack([jax.random.key_data(k) for k in keys])
@@ -286,3 +286,24 @@ def test_traced_rngs_draw_the_keys_of_nnx_rngs():
     np.testing.assert_array_equal(jax.jit(lambda k: data(draws(TracedRngs(k))))(key), expected)
     with pytest.raises(AttributeError):
         TracedRngs(key).dropout()
+
+
+def test_disc_ch_widens_only_the_discriminators():
+    """``config.disc_ch``: U-GAT-IT's discriminators get their own base width; 0 keeps the official one (ch)."""
+    from ugatit_jax.config import ConfigError, validate
+    from ugatit_jax.models.family import abstract_model
+
+    def networks(config):
+        model = nnx.merge(*abstract_model(config))
+        return {n: getattr(model, n) for n in UGATIT.NAMES}
+
+    official = networks(tiny_config())
+    wide = networks(tiny_config(disc_ch=2 * tiny_config().ch))
+    for name in UGATIT.GENERATORS:
+        assert n_params(wide[name]) == n_params(official[name]), name
+    for name in UGATIT.DISCRIMINATORS:
+        assert n_params(wide[name]) > 3 * n_params(official[name]), name  # the convs grow with the square of the width
+    with pytest.raises(ConfigError, match="disc_ch"):
+        validate(tiny_config(model="nice", disc_ch=8))
+    with pytest.raises(ConfigError, match="disc_ch"):
+        validate(tiny_config(disc_ch=-1))

@@ -16,13 +16,13 @@ from golden import reordered_sum_outliers
 
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.nice import NICE, NiceDiscriminator, pixel_shuffle
-from ugatit_jax.nn.jit_init import abstract_module
 from ugatit_jax.nn.norms import SoftmaxAdaILN, SoftmaxILN, clip_rho
 from ugatit_jax.nn.spectral_norm import SpectralNorm
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.nice_step import make_nice_train_step
 from ugatit_jax.train.updates import Optimisers
+from ugatit_jax.xla.jit_init import abstract_module
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 

@@ -10,8 +10,8 @@ from tiny import tiny_config, tiny_flags
 
 from ugatit_jax import load
 from ugatit_jax.models.family import get_family
+from ugatit_jax.train import optim
 from ugatit_jax.train import state as train_state
-from ugatit_jax.train import trainer
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
 
 # n_dis 6 (the official minimum) needs 48 px: its global head halves the input n_dis - 2 times, then two 4x4 convs.
@@ -23,7 +23,7 @@ FLAGS = tiny_flags(**NICE, iterations=ITERATIONS, checkpoint_every=4, log_every=
 
 def _final_state(workdir):
     config = tiny_config(**NICE)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     _, state = train_state.abstract_train_state(config, g_tx, d_tx)  # shapes only: the restore fills them
     with Checkpointer(str(workdir), async_save=False) as ckpt:
         step = ckpt.latest_step()

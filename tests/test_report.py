@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from tiny import run_config, tiny_config
 
-from ugatit_jax import evaluate, report
+from ugatit_jax import evaluate, report, run_dir
 from ugatit_jax.evaluation import domain_classifier as dc
-from ugatit_jax.train import trainer
+from ugatit_jax.models.family import get_family
+from ugatit_jax.training import loop, samples
 
 STEPS = run_config().iterations  # the in-process runs' shared step program
 
@@ -36,7 +37,7 @@ def run(tmp_path_factory):
         logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the enabled-for cache of earlier tests
         try:
             config = run_config(eval_every=STEPS, sample_every=1)
-            result = trainer.train_and_evaluate(config, workdir)
+            result = loop.train_and_evaluate(config, workdir)
             # the evaluate CLI on the checkpoint the run just saved, while the same classifier cache is in place
             output = os.path.join(workdir, "cli.json")
             assert evaluate.main(["--workdir", workdir, "--output", output]) == 0
@@ -117,22 +118,35 @@ def test_report_cli_bad_workdir_is_one_line(tmp_path, capsys):
 def test_resume_forgets_what_was_logged_past_the_restored_step(tmp_path):
     (tmp_path / "eval").mkdir()
     for step in (2, 4, 6):
-        trainer.append_metrics(str(tmp_path), step, {"d_loss": float(step), "nan": float("nan")})
+        run_dir.append_metrics(str(tmp_path), step, {"d_loss": float(step), "nan": float("nan")})
         (tmp_path / "eval" / f"step_{step}.json").write_text("{}")
+    (tmp_path / "eval" / "step_0000006.json").write_text("{}")  # the zero-padded name older files have
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "d_lo')  # a crash mid-line
-    trainer.forget_after(str(tmp_path), 4)
+    run_dir.forget_after(str(tmp_path), 4)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert rows == [{"step": 2, "d_loss": 2.0}, {"step": 4, "d_loss": 4.0}]  # non-finite values are not written
     assert sorted(os.listdir(tmp_path / "eval")) == ["step_2.json", "step_4.json"]
 
 
+def test_evaluation_files_of_both_name_formats_are_read(tmp_path):
+    """New records are ``step_<N>.json``; the zero-padded ``step_<NNNNNNN>.json`` of older folders (the official
+    benchmark's) still load and report, and where a step has both, the unpadded one counts."""
+    (tmp_path / "eval").mkdir()
+    for name, which in (("step_0000600.json", "padded"), ("step_900.json", "new"), ("step_0000900.json", "old")):
+        (tmp_path / "eval" / name).write_text(json.dumps({"scores": {}, "which": which}))
+    (tmp_path / "eval" / "step_x.json").write_text("{}")
+    assert run_dir.eval_file(str(tmp_path), 600) == str(tmp_path / "eval" / "step_600.json")
+    assert [(r["step"], r["which"]) for r in run_dir.read_evaluations(str(tmp_path))] == [(600, "padded"), (900, "new")]
+    assert run_dir.latest_evaluation(str(tmp_path))["which"] == "new"
+
+
 def test_sample_indices_spread_over_the_split():
-    assert trainer.spread_indices(389, 5) == [0, 97, 194, 291, 388]  # 388 * i / 4
-    assert trainer.spread_indices(3, 5) == [0, 1, 2] and trainer.spread_indices(10, 1) == [5]
-    assert trainer.spread_indices(0, 5) == []
+    assert samples.spread_indices(389, 5) == [0, 97, 194, 291, 388]  # 388 * i / 4
+    assert samples.spread_indices(3, 5) == [0, 1, 2] and samples.spread_indices(10, 1) == [5]
+    assert samples.spread_indices(0, 5) == []
     for n, k in ((3540, 5), (7, 4), (100, 100)):
-        idx = trainer.spread_indices(n, k)
+        idx = samples.spread_indices(n, k)
         assert len(set(idx)) == len(idx) == min(n, k) and idx == sorted(idx) and idx[0] == 0 and idx[-1] == n - 1
 
 
@@ -144,7 +158,8 @@ def test_sampler_images_are_spread_over_each_split(tmp_path):
 
     source = UnpairedSource("s", split("trainA", 50), split("trainB", 40), split("testA", 21), split("testB", 11))
     # make_cycle_fn only jits lazily: the images can be checked without generators
-    sampler = trainer.Sampler(tiny_config(num_samples=3, img_size=8), source, {}, "")
+    config = tiny_config(num_samples=3, img_size=8)
+    sampler = samples.Sampler(config, get_family(config), source, {}, "")
     levels = {key: images[:, 0, 0, 0].tolist() for key, images in sampler.images.items()}
     assert levels == {
         ("train", "A2B"): [0, 24, 49],

@@ -12,9 +12,10 @@ from jax.sharding import PartitionSpec as P
 from tiny import random_model, tiny_config
 
 from ugatit_jax.nn import layers
-from ugatit_jax.train import parallel, trainer
+from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+from ugatit_jax.training import steps
 
 STEPS = 3
 
@@ -30,12 +31,12 @@ def test_shard_spec():
 def _setup(config, shard, mesh):
     chex.clear_trace_counter()
     config = tiny_config(**{**config.to_dict(), "shard_state": shard})
-    g_tx, d_tx = trainer.make_optimizers(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     # random_model: the construction traced once for all four set-ups (the random init's program traced each time)
     graphdefs, state = train_state.create_train_state(random_model(config), g_tx, d_tx)
     shardings = parallel.state_shardings(state, mesh, shard)
     # the trainer's step: the replicated one is the program of the other 8-device tests (compiled once)
-    step = trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
+    step = steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
     return parallel.place_state(state, shardings), shardings, step
 
 

@@ -1,4 +1,4 @@
-"""The on-disk traced-step cache (``ugatit_jax.train.step_cache``): a second start loads the step instead of
+"""The on-disk traced-step cache (``ugatit_jax.xla.step_cache``): a second start loads the step instead of
 tracing it and computes the same numbers; any change of key, or a damaged entry, traces again."""
 
 import logging
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import struct
 
-from ugatit_jax.train import parallel, step_cache
+from ugatit_jax.train import parallel
+from ugatit_jax.xla import step_cache
 
 
 @struct.dataclass

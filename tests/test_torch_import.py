@@ -16,7 +16,7 @@ from ugatit_jax.interop import torch_import
 from ugatit_jax.interop.torch_import import CheckpointMismatchError
 from ugatit_jax.models.ugatit import UGATIT
 from ugatit_jax.nn import layers
-from ugatit_jax.nn.jit_init import abstract_module
+from ugatit_jax.xla.jit_init import abstract_module
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 PACKAGE = pathlib.Path(torch_import.__file__).parent.parent  # the whole ugatit_jax package

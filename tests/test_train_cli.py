@@ -15,9 +15,11 @@ import pytest
 from tiny import run_config, subprocess_xla_flags, tiny_config, tiny_flags
 
 from ugatit_jax.loading import restore_run
-from ugatit_jax.train import parallel, trainer
+from ugatit_jax.models.family import build_model
+from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
+from ugatit_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +72,7 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 
 def _abstract_state(config):
-    return train_state.abstract_train_state(config, *trainer.make_optimizers(config))[1]
+    return train_state.abstract_train_state(config, *optim.make_optimizers(config))[1]
 
 
 def _final_state(workdir, **config):
@@ -161,7 +163,7 @@ def test_restore_onto_another_device_count(tmp_path):
     """A run saved with 8 devices (in this process) resumes on 1 device (a fresh train.py)."""
     workdir = tmp_path / "run"
     config = run_config(checkpoint_every=2)
-    result = trainer.train_and_evaluate(config, str(workdir))
+    result = loop.train_and_evaluate(config, str(workdir))
     assert result["step"] == 4 and jax.device_count() == 8
     proc = _train(workdir, *tiny_flags(batch_size=8, iterations=6, checkpoint_every=2), devices=1)
     out, err = proc.communicate(timeout=600)
@@ -180,11 +182,11 @@ def test_init_from_official_checkpoint(tmp_path):
     from ugatit_jax.interop import torch_import
 
     config = run_config(checkpoint_every=1, keep_checkpoints=4)
-    source_model = trainer.build_model(config, seed=123)  # a different init than the run's own seed 0
+    source_model = build_model(config, seed=123)  # a different init than the run's own seed 0
     pt = tmp_path / "official.pt"
     torch_import.save_official_checkpoint(source_model, pt)
     config.init_checkpoint = str(pt)
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
     _, trained, step = restore_run(str(tmp_path / "run"), step=1)
     assert step == 1
     before = torch_import.official_state_dicts(source_model)
@@ -219,7 +221,7 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     workdir = tmp_path / "run"
     config = run_config(checkpoint_every=1, log_every=1000)
     chex.clear_trace_counter()
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with Checkpointer(str(workdir), read_only=True) as ckpt:
         state, data_state, _ = ckpt.restore(abstract_like(_abstract_state(config), sharding), 2)
@@ -230,9 +232,9 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
         ckpt.save(2, poisoned, data_state, config, force=True)
     chex.clear_trace_counter()
     with pytest.raises(
-        trainer.DivergedError, match=r"training diverged at step 3: non-finite .*g_loss.*parameters"
+        loop.DivergedError, match=r"training diverged at step 3: non-finite .*g_loss.*parameters"
     ) as info:
-        trainer.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
     assert "last checkpoint (step 2) is kept" in str(info.value)
     step, state, _ = _final_state(workdir)
     assert step == 2 and int(state.step) == 2

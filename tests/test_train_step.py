@@ -6,22 +6,24 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from ugatit_jax.train import parallel, trainer
+from ugatit_jax.models.family import build_model
+from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
+from ugatit_jax.training import steps
 
 STEPS = 3
 
 
 def _step(config, mesh):
-    """The trainer's step (``trainer.jitted_step``: the program the in-process training tests compile), made anew:
+    """The trainer's step (``steps.jitted_step``: the program the in-process training tests compile), made anew:
     chex counts traces per definition site, and each test builds a fresh step at the same site."""
     chex.clear_trace_counter()
-    trainer._STEPS.clear()
-    model = trainer.build_model(config)
-    g_tx, d_tx = trainer.make_optimizers(config)
+    steps._STEPS.clear()
+    model = build_model(config)
+    g_tx, d_tx = optim.make_optimizers(config)
     graphdefs, state = train_state.create_train_state(model, g_tx, d_tx, ema=train_state.ema_names(config))
     state = parallel.replicate(state, mesh)
-    return trainer.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh)), state
+    return steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, parallel.replicated(mesh)), state
 
 
 def _run(config, devices, batches):
@@ -128,10 +130,10 @@ def test_step_and_architecture_keys_cover_what_is_read(model):
     nnx.eval_shape(lambda: get_family(arch).build(arch, nnx.Rngs(0)))
     assert arch.read and arch.read <= set(ARCHITECTURE_KEYS), arch.read - set(ARCHITECTURE_KEYS)
     step = _Recorder(config)
-    g_tx, d_tx = trainer.make_optimizers(step)
+    g_tx, d_tx = optim.make_optimizers(step)
     graphdefs, _ = train_state.abstract_train_state(config, g_tx, d_tx)
-    trainer.make_step(step, graphdefs, g_tx, d_tx)
-    assert step.read and step.read <= set(trainer.STEP_KEYS), step.read - set(trainer.STEP_KEYS)
+    steps.make_step(step, graphdefs, g_tx, d_tx)
+    assert step.read and step.read <= set(steps.STEP_KEYS), step.read - set(steps.STEP_KEYS)
 
 
 @pytest.mark.parametrize(

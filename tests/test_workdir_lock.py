@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from ugatit_jax import run_dir
 from ugatit_jax.train import workdir_lock
 from ugatit_jax.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
@@ -22,14 +23,14 @@ def _plant(workdir, age_s=0.0, **fields):
     then = time.time() - age_s
     record = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2024-01-02 03:04:05 +0000"}
     record.update(heartbeat=then, token="theirs", **fields)
-    path = workdir / workdir_lock.LOCK_NAME
+    path = workdir / run_dir.LOCK
     path.write_text(json.dumps(record))
     os.utime(path, (then, then))
     return record
 
 
 def _holder(workdir) -> dict:
-    return json.loads((workdir / workdir_lock.LOCK_NAME).read_text())
+    return json.loads((workdir / run_dir.LOCK).read_text())
 
 
 def _dead_pid() -> int:
@@ -50,7 +51,7 @@ def test_second_lock_is_refused_until_the_first_is_released(tmp_path):
     assert f"host {socket.gethostname()}, pid {os.getpid()}, started {record['started']}" in message
     assert _holder(tmp_path) == record, "a refused lock must leave the holder's file as it was"
     first.release()
-    assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+    assert not (tmp_path / run_dir.LOCK).exists()
     with WorkdirLock(str(tmp_path)):
         assert _holder(tmp_path)["token"] != record["token"]
 
@@ -92,7 +93,7 @@ def test_other_host_lock_expires_with_its_heartbeat(tmp_path, caplog):
 
 
 def test_unreadable_lock_is_held_until_it_expires(tmp_path):
-    path = tmp_path / workdir_lock.LOCK_NAME
+    path = tmp_path / run_dir.LOCK
     path.write_text("{not json")
     with pytest.raises(WorkdirLockedError, match="unreadable"):
         WorkdirLock(str(tmp_path)).acquire()
@@ -105,7 +106,7 @@ def test_unreadable_lock_is_held_until_it_expires(tmp_path):
 def test_heartbeat_refreshes_and_a_lost_lock_is_left_alone(tmp_path, caplog):
     lock = WorkdirLock(str(tmp_path), heartbeat_s=0.02)
     lock.acquire()
-    path = tmp_path / workdir_lock.LOCK_NAME
+    path = tmp_path / run_dir.LOCK
     old = time.time() - 100
     os.utime(path, (old, old))
     deadline = time.time() + 10
@@ -124,6 +125,6 @@ def test_heartbeat_refreshes_and_a_lost_lock_is_left_alone(tmp_path, caplog):
 
 def test_hold_releases_on_errors(tmp_path):
     with pytest.raises(ZeroDivisionError), workdir_lock.hold(str(tmp_path)) as lock:
-        assert lock is not None and (tmp_path / workdir_lock.LOCK_NAME).exists()
+        assert lock is not None and (tmp_path / run_dir.LOCK).exists()
         1 / 0  # noqa: B018
-    assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+    assert not (tmp_path / run_dir.LOCK).exists()

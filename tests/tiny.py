@@ -72,8 +72,8 @@ def save_tiny_run(workdir: str, step: int = 2, **overrides):
     import jax
 
     from ugatit_jax.train.checkpoints import Checkpointer
+    from ugatit_jax.train.optim import make_optimizers
     from ugatit_jax.train.state import create_train_state, ema_names
-    from ugatit_jax.train.trainer import make_optimizers
 
     config = tiny_config(iterations=step, xla_cache_dir="", **overrides)
     model = random_model(config)

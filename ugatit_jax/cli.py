@@ -1,26 +1,28 @@
-"""The one command-line convention of every entry point (translate, evaluate, report, export, data, launch,
-the benchmarks).
+"""The one command-line convention of every entry point: train.py, the ``python -m ugatit_jax.<command>``
+modules (translate, evaluate, report, export, data, launch), the scripts and the benchmarks.
 
 Bad input ends with exit code 2 and one line ``<prog>: error: <message>`` on stderr, no traceback: usage mistakes
-(argparse), and the errors that mean "fix your input" (``expected_errors``), which carry a message naming the
-option or file and the fix. Anything else is a bug and keeps its traceback. Warnings (e.g. an unreadable image
-that is skipped) are one ``warning:`` line each. Ctrl-C is one line ``<prog>: interrupted`` and exit code 130, no
-traceback, after the command's ``finally`` blocks ran (``interrupts.py`` covers the seconds of imports before).
+(argparse), and every ``errors.ExpectedError`` (and the environment's ``OSError`` / ``ImportError``), whose message
+names the option or file and the fix; ``reported`` is the one place that turns them into that line. Anything else
+is a bug and keeps its traceback. Warnings (e.g. an unreadable image that is skipped) are one ``warning:`` line
+each. Ctrl-C is one line ``<prog>: interrupted`` and exit code 130, no traceback, after the command's ``finally``
+blocks ran (``interrupts.py`` covers the seconds of imports before).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from typing import NoReturn
 
-from ugatit_jax import interrupts
+from ugatit_jax import errors, interrupts
+from ugatit_jax.errors import UsageError
 
-
-class UsageError(ValueError):
-    """Bad command-line input; the message names the option and how to fix it."""
+__all__ = ["UsageError"]  # defined in errors.py (any layer raises it); the commands import it from here
 
 
 def fail_line(prog: str, message) -> None:
@@ -124,63 +126,73 @@ def check_writable(path: str, *, folder: bool = False, name: str | None = None) 
         raise UsageError(f"{shown}: cannot write there ({why}: {target}); choose another place")
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (a message for the user), not a bug (a traceback for us)."""
-    from ugatit_jax.config import ConfigError
-    from ugatit_jax.data import DatasetError
-    from ugatit_jax.interop.state_dict import CheckpointMismatchError
-    from ugatit_jax.train.checkpoints import CheckpointError
-
-    return (UsageError, ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, OSError, ImportError)
-
-
 def show_warning_line(message, category, filename, lineno, file=None, line=None):
     """``warnings.showwarning`` replacement: one line per warning."""
     warn_line(str(message))
 
 
-def run_script(prog: str, main) -> None:
-    """``main()`` of a script that ends bad input with ``SystemExit("message")`` (the benchmarks): the message
-    becomes one ``<prog>: error:`` line and exit code 2, like every other entry point's; expected errors too;
-    Ctrl-C one ``<prog>: interrupted`` line and exit code 130."""
+def reported(prog: str, run: Callable[[], int | None]) -> int:
+    """Runs ``run()``, the whole of an entry point, and returns its exit status: ``run``'s own (None: 0); 2 after
+    one ``<prog>: error:`` line for an expected error (``errors.EXPECTED``); 130 after one ``<prog>: interrupted``
+    line for Ctrl-C, once ``run``'s ``finally`` blocks ran. Warnings are one ``warning:`` line each meanwhile."""
     try:
-        main()
-    except KeyboardInterrupt:
-        raise SystemExit(interrupts.interrupted_line(prog)) from None
-    except SystemExit as e:
-        if isinstance(e.code, str):
-            fail_line(prog, e.code)
-            raise SystemExit(2) from None
-        raise
-    except expected_errors() as error:
-        fail_line(prog, error)
-        raise SystemExit(2) from None
-
-
-def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
-    """Parses ``argv`` and calls ``run(args)``; bad input -> one ``error:`` line and exit code 2, no traceback;
-    Ctrl-C -> one ``interrupted`` line and exit code 130."""
-    interrupts.raise_from_now_on()
-    try:
-        args = parser.parse_args(argv)
-        from ugatit_jax.compilation_cache import enable_compilation_cache
-
-        enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
         with warnings.catch_warnings():
             warnings.showwarning = show_warning_line
             try:
-                run(args)
-            except expected_errors() as error:
+                return run() or 0
+            except errors.EXPECTED as error:
                 fail_line(prog, error)
                 return 2
     except KeyboardInterrupt:
         return interrupts.interrupted_line(prog)
-    return 0
+
+
+def exit_with(status: int) -> NoReturn:
+    """Ends a script's process with ``status``. After an error line, nothing more is printed: a failed checkpoint
+    restore leaves Orbax's abandoned array reads behind, and on the way out Python would print each one's
+    traceback ("Exception ignored in: <coroutine ...>"), tensorstore's callbacks would report errors of a closed
+    event loop through ``sys.excepthook``, or asyncio would log them. The error was said once; that is enough."""
+    if status == 2:
+        sys.unraisablehook = lambda unraisable: None
+        sys.excepthook = lambda *exc_info: None
+        logging.disable(logging.CRITICAL)
+    sys.exit(status)
+
+
+def run_script(prog: str, main: Callable[[], int | None]) -> NoReturn:
+    """Runs the ``main()`` of a script (the benchmarks, scripts/) as its whole process, under ``reported``. A
+    ``SystemExit("message")`` (what ``benchmarks/throughput.py`` still raises for bad input) is reported as a
+    ``UsageError``."""
+
+    def run() -> int | None:
+        try:
+            return main()
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                raise UsageError(e.code) from None
+            raise
+
+    exit_with(reported(prog, run))
+
+
+def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
+    """Parses ``argv`` and calls ``run(args)`` under ``reported``: bad input -> one ``error:`` line and exit code
+    2, no traceback; Ctrl-C -> one ``interrupted`` line and exit code 130."""
+    interrupts.raise_from_now_on()
+
+    def parse_and_run() -> None:
+        args = parser.parse_args(argv)
+        from ugatit_jax.xla.compilation_cache import enable_compilation_cache
+
+        enable_compilation_cache(keep_existing=True)  # a second translate / evaluate / export loads its programs
+        run(args)
+
+    return reported(prog, parse_and_run)
 
 
 def make_main(prog: str, parser: Callable[[], argparse.ArgumentParser], run) -> Callable[..., int]:
-    """The ``main(argv=None) -> exit code`` of a ``python -m ugatit_jax.<command>`` module: ``run_cli`` with a fresh
-    parser per call (tests call ``main`` many times)."""
+    """The ``main(argv=None) -> exit code`` of a ``python -m ugatit_jax.<command>`` module or a script of scripts/:
+    ``run_cli`` with a fresh parser per call (tests call ``main`` many times)."""
 
     def main(argv=None) -> int:
         return run_cli(prog, parser(), run, argv)

@@ -11,14 +11,15 @@ import re
 
 import ml_collections
 
-from ugatit_jax import compilation_cache
+from ugatit_jax.errors import ExpectedError
+from ugatit_jax.xla import compilation_cache
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODELS = ("ugatit", "nice")
 DATASETS = ("emoji", "folder", "tfds", "synthetic")
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config value that cannot work; the message names the option."""
 
 
@@ -34,12 +35,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.img_size = 256
     c.disc_global_layers = 7
     c.disc_local_layers = 5
+    # U-GAT-IT only: the discriminators' base width; 0 = ch (the official code has one --ch for all six networks).
+    # A wider discriminator at a small ch costs nothing at translation time: only the generators are shipped.
+    c.disc_ch = 0
     c.n_dis = 7  # NICE-GAN only: discriminator depth (its local and global heads share the encoder)
     c.compute_dtype = "float32"  # or "bfloat16": params, optimiser state and normalisation stay float32
     c.remat = False  # recompute residual blocks in the backward pass to save memory
-    # Split parameters and both Adam states over the devices (FSDP-style: each array along its largest dimension
-    # divisible by the device count, replicated if none) instead of a full copy on every device: ~1/N of the
-    # state's memory per device for some all-gather traffic; same results. Checkpoints move freely between both.
+    # Split parameters and both Adam states over the devices of all processes (FSDP-style: each array along its
+    # largest dimension divisible by the device count, replicated if none) instead of a full copy on every device:
+    # ~1/N of the state's memory per device for some all-gather traffic; same results. Checkpoints move freely
+    # between both.
     c.shard_state = False
     # Memory per device the run may plan for, e.g. "16GiB", "80GB", "1.5e10" (bytes): before the first step the
     # compiled step's need is checked against it, and a run that would not fit stops naming a variant that does.
@@ -139,6 +144,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     need(c.img_size > 0 and c.img_size % 4 == 0, "img_size", "must be a positive multiple of 4")
     need(c.ch > 0, "ch", "must be positive")
     need(c.n_res >= 0, "n_res", "must be >= 0")
+    need(c.disc_ch >= 0, "disc_ch", "must be >= 0 (0 = ch)")
+    need(c.model == "ugatit" or c.disc_ch == 0, "disc_ch", "is U-GAT-IT's: NICE-GAN's discriminator is its encoder")
     # NICE-GAN's global head has n_dis - 2 stride-2 convs like a U-GAT-IT discriminator of n_dis layers.
     depth_keys = ("disc_global_layers", "disc_local_layers") if c.model == "ugatit" else ("n_dis",)
     need(c.model != "nice" or c.n_dis >= 6, "n_dis", "must be at least 6 (the official layer ranges need it)")

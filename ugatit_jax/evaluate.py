@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from ugatit_jax import run_dir
 from ugatit_jax.cli import UsageError, check_run_or_pretrained, check_writable, doc_parser, make_main
 from ugatit_jax.inference import default_batch_size
 
@@ -101,7 +102,7 @@ def _run(args) -> None:
     )
     output = args.output
     if output is None and args.workdir:
-        output = os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "eval", f"step_{model.step}.json")
+        output = run_dir.eval_file(args.workdir, model.step)
         check_writable(output, name=f"{output} (the default --output)")
     elif output:
         check_writable(output, name=f"--output {output}")

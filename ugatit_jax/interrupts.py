@@ -3,8 +3,9 @@
 Ctrl-C ends every command (translate, evaluate, export, report, data, launch) with one line
 ``<prog>: interrupted`` on stderr and exit status 130, no traceback, at any moment: while the command still loads
 its modules (``install_while_loading``, run by the package's ``__init__`` before it imports JAX: that takes
-seconds) and while it runs (``cli.run_cli`` catches the ``KeyboardInterrupt``, so ``finally`` blocks clean up
-first). train.py is not a ``-m`` command and keeps its own handling (finish the step, save, exit 0).
+seconds) and while it runs (``cli.reported`` catches the ``KeyboardInterrupt``, so ``finally`` blocks clean up
+first). train.py is not a ``-m`` command and keeps its own handling (finish the step, save, exit 0; a second
+Ctrl-C ends it at once, through ``cli.reported`` too).
 
 Worker processes die with their parent (``die_with_parent``), so a command killed with SIGKILL leaves none behind.
 """
@@ -69,7 +70,7 @@ def install_while_loading() -> None:
 
 
 def raise_from_now_on() -> None:
-    """The command runs: Ctrl-C raises ``KeyboardInterrupt`` again, for ``finally`` blocks and ``run_cli``."""
+    """The command runs: Ctrl-C raises ``KeyboardInterrupt`` again, for ``finally`` blocks and ``cli.reported``."""
     with contextlib.suppress(ValueError):  # not the main thread
         if getattr(signal.getsignal(signal.SIGINT), "while_loading", False):
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -28,14 +28,11 @@ import sys
 import threading
 import time
 
+from ugatit_jax.cli import UsageError, reported
 from ugatit_jax.interrupts import interrupted_line, set_parent_death_signal
 
 PROG = "python -m ugatit_jax.launch"
 POLL_S = 0.1
-
-
-class LaunchError(Exception):
-    """Bad launcher input; reported as one line and exit status 2."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -195,7 +192,7 @@ class Launcher:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
-        raise LaunchError(message)
+        raise UsageError(message)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -214,33 +211,33 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
     args = p.parse_args(own)
     if args.processes < 1:
-        raise LaunchError(f"--processes={args.processes}: must be at least 1")
+        raise UsageError(f"--processes={args.processes}: must be at least 1")
     if args.devices_per_process < 1:
-        raise LaunchError(f"--devices-per-process={args.devices_per_process}: must be at least 1")
+        raise UsageError(f"--devices-per-process={args.devices_per_process}: must be at least 1")
     if args.init_timeout < 1:
-        raise LaunchError(f"--init-timeout={args.init_timeout}: must be at least 1 second")
+        raise UsageError(f"--init-timeout={args.init_timeout}: must be at least 1 second")
     if args.grace < 0 or args.settle < 0:
-        raise LaunchError("--grace and --settle must be >= 0")
+        raise UsageError("--grace and --settle must be >= 0")
     if args.coordinator:
         host, _, port = args.coordinator.rpartition(":")
         if not host or not port.isdigit():
-            raise LaunchError(f"--coordinator={args.coordinator}: expected host:port")
+            raise UsageError(f"--coordinator={args.coordinator}: expected host:port")
     if not command:
-        raise LaunchError("no command: put it after '--', e.g. -- train.py --config configs/emoji.py --workdir runs/x")
+        raise UsageError("no command: put it after '--', e.g. -- train.py --config configs/emoji.py --workdir runs/x")
     if command[0].endswith(".py"):
         if not os.path.isfile(command[0]):
-            raise LaunchError(f"{command[0]}: no such file")
+            raise UsageError(f"{command[0]}: no such file")
         command = [sys.executable, *command]
     return args, command
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args, command = parse_args(argv)
-    except LaunchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return reported(PROG, lambda: launch(sys.argv[1:] if argv is None else argv))
+
+
+def launch(argv: list[str]) -> int:
+    """Starts the children and waits for them; returns the exit status (see the module's docstring)."""
+    args, command = parse_args(argv)
     launcher = Launcher(command, args)
     previous = {s: signal.signal(s, launcher._handle_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -249,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted_line(PROG) if launcher.stopped_by == signal.SIGINT else status
     except OSError as e:
         launcher.end_all(settle=0.0)
-        print(f"{PROG}: error: cannot start {command[0]}: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot start {command[0]}: {e}") from e
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

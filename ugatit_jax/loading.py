@@ -22,6 +22,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from ugatit_jax import run_dir
 from ugatit_jax.config import ConfigError
 from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.inference import make_cycle_fn, make_translate_fn, translation_state
@@ -95,11 +96,9 @@ def check_direction(direction: str) -> None:
 
 def run_dir_or_fail(workdir: str) -> str:
     """The run folder; checked here because Orbax would silently create a mistyped one."""
-    from ugatit_jax.train.checkpoints import checkpoint_dir
-
-    path = os.path.abspath(os.path.expanduser(workdir))
-    if not os.path.isdir(checkpoint_dir(path)):
-        what = "does not exist" if not os.path.exists(path) else "holds no checkpoints/ folder"
+    path = run_dir.path(workdir)
+    if not os.path.isdir(run_dir.checkpoints_dir(path)):
+        what = "does not exist" if not os.path.exists(path) else f"holds no {run_dir.CHECKPOINTS}/ folder"
         raise ConfigError(f"--workdir={workdir}: {what}; pass the --workdir of a train.py run")
     return path
 

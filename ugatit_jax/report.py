@@ -14,8 +14,9 @@ import argparse
 import os
 import sys
 
+from ugatit_jax import run_dir
 from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main
-from ugatit_jax.evaluation.run_report import REPORT_FILE, evaluation_plots, read_evaluations, write_report
+from ugatit_jax.evaluation.run_report import evaluation_plots, write_report
 
 PROG = "python -m ugatit_jax.report"
 
@@ -34,22 +35,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    workdir = os.path.abspath(os.path.expanduser(args.workdir))
+    workdir = run_dir.path(args.workdir)
     if not os.path.isdir(workdir):
         raise UsageError(f"--workdir={args.workdir}: does not exist; pass the --workdir of a train.py run")
-    if not any(os.path.exists(os.path.join(workdir, p)) for p in ("metrics.jsonl", "eval", "samples")):
+    if not run_dir.has_outputs(workdir):
         raise UsageError(
-            f"--workdir={args.workdir}: holds no metrics.jsonl, eval/ or samples/; pass the --workdir of a train.py run"
+            f"--workdir={args.workdir}: holds no {run_dir.METRICS}, {run_dir.EVAL}/ or {run_dir.SAMPLES}/; "
+            "pass the --workdir of a train.py run"
         )
     if args.output and os.path.dirname(os.path.abspath(args.output)) != workdir:
         raise UsageError(f"--output={args.output}: must be in the run folder, or the page's relative links break")
-    page = args.output or os.path.join(workdir, REPORT_FILE)
+    page = args.output or run_dir.report_file(workdir)
     check_writable(page, name=f"--output={args.output}" if args.output else f"{page} (the default --output)")
     if args.figures:
         check_writable(args.figures, folder=True, name=f"--figures={args.figures}")
     print(f"run report written to {write_report(workdir, args.output)}")
     if args.figures:
-        plots = evaluation_plots(read_evaluations(workdir))
+        plots = evaluation_plots(run_dir.read_evaluations(workdir))
         if not plots:
             raise UsageError(f"--figures: {args.workdir} holds no evaluation yet (eval/step_*.json)")
         try:

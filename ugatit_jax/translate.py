@@ -7,8 +7,8 @@ sub-folders, with ``--heatmap`` adding ``<stem>_heatmap.png`` (the attention map
     python -m ugatit_jax.translate --checkpoint selfie2anime_params_latest.pt --direction A2B \\
         --input photos/ --output out/    # official .pt; add --img-size/--ch/--n-res/--light if not the paper's
 
-Test mode, as the official ``--phase test``: for every testA (A2B) and testB (B2A) image a 7-tile strip and an
-``index.html`` that shows them (default folder ``RUN/test``)::
+Test mode, as the official ``--phase test`` (``evaluation/test_split.py``): for every testA (A2B) and testB (B2A)
+image a 7-tile strip and an ``index.html`` that shows them (default folder ``RUN/test``)::
 
     python -m ugatit_jax.translate --workdir runs/emoji --test-split [--output DIR] [--dataset-dir DIR]
 
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ugatit_jax import run_dir
 from ugatit_jax.cli import UsageError, check_writable, doc_parser, make_main, warn_line
-from ugatit_jax.directions import DIRECTIONS, domains, label
+from ugatit_jax.directions import DIRECTIONS
 from ugatit_jax.inference import default_batch_size
 
 if TYPE_CHECKING:
@@ -152,7 +153,6 @@ def _read_ahead(pool, jobs, img_size: int, ahead: int):
 class TranslateResult:
     translated: int
     skipped: list[str]
-    renamed: int
     compile_s: float
     run_s: float
 
@@ -199,10 +199,6 @@ def translate_jobs(
     from ugatit_jax.nn.cam import overlay_heatmap
     from ugatit_jax.pixels import to_uint8
 
-    if direction not in DIRECTIONS:
-        raise UsageError(f"--direction {direction}: use {' or '.join(DIRECTIONS)}")
-    if batch_size <= 0:
-        raise UsageError(f"--batch-size {batch_size}: must be positive")
     size = model.img_size
     batch = min(batch_size, len(jobs))
     t0 = time.perf_counter()
@@ -253,53 +249,7 @@ def translate_jobs(
     bar.close()
     if not readable:
         raise UsageError(f"--input: none of the {len(jobs)} image file(s) could be read; see the warnings above")
-    return TranslateResult(len(readable), skipped, 0, compile_s, run_s)
-
-
-# ----------------------------------------------------------------------------
-# Test mode: the official 7-tile strips of the whole test split
-# ----------------------------------------------------------------------------
-
-
-def write_test_split(model: Translator, source, output: str, *, batch_size: int = 8, progress: bool = False) -> dict:
-    """Strips ``A2B/<key>.png`` for testA and ``B2A/<key>.png`` for testB, plus ``index.html``.
-
-    One compiled program per direction, reused for every batch.
-    """
-    import jax
-    from tqdm import tqdm
-
-    from ugatit_jax.data import iterate_test
-    from ugatit_jax.evaluation import test_strips
-    from ugatit_jax.inference import padded_batches
-
-    if batch_size <= 0:
-        raise UsageError(f"--batch-size {batch_size}: must be positive")
-    size = model.img_size
-    batch = max(1, min(batch_size, max(len(source.test_a), len(source.test_b))))
-    sections, skipped, counts = [], [], {}
-    total = len(source.test_a) + len(source.test_b)
-    bar = tqdm(total=total, unit="img", disable=None if progress else True, dynamic_ncols=True)
-    for direction, split in zip(DIRECTIONS, (source.test_a, source.test_b)):
-        from_domain, to_domain = domains(direction)
-        heading = f"{label(direction, ' → ')} (test{from_domain} translated to domain {to_domain})"
-        batches = iterate_test(split, img_size=size, batch_size=batch)
-        images = []
-        for real, keys in batches:
-            arr, n = next(padded_batches(list(real), batch))
-            outputs = jax.device_get(model.cycle(arr, direction))
-            written = test_strips.save_strips(test_strips.column_strips(outputs, n), keys, output, direction)
-            images += list(zip(written, keys))
-            bar.update(n)
-        skipped += batches.skipped
-        counts[direction] = len(images)
-        sections.append((direction, f"{heading}: {len(images)} image(s)", images))
-    bar.close()
-    notes = []
-    if skipped:
-        notes.append(f"{len(skipped)} unreadable test image(s) left out: {', '.join(skipped)}")
-    index = test_strips.write_index(output, f"test split: {model.name}", sections, notes)
-    return {"index": index, "counts": counts, "skipped": skipped}
+    return TranslateResult(len(readable), skipped, compile_s, run_s)
 
 
 # ----------------------------------------------------------------------------
@@ -363,8 +313,29 @@ def check_model_args(args) -> None:
             raise UsageError("--step applies to --workdir only; an official checkpoint holds one step")
         if not os.path.isfile(os.path.expanduser(args.checkpoint)):
             raise UsageError(f"--checkpoint={args.checkpoint}: file not found; pass an official U-GAT-IT .pt file")
+
+
+def check_flags(args) -> None:
+    """Every flag, once, before anything is read or loaded: the mode's (translating files, or ``--test-split``),
+    the model's (``check_model_args``) and the batch size. What runs after relies on them."""
+    if args.test_split:
+        for flag, value in (("--direction", args.direction), ("--input", args.input), ("--heatmap", args.heatmap)):
+            if value:
+                raise UsageError(f"{flag} does not apply to --test-split (which translates the whole test split)")
+    else:
+        given = (("--direction", args.direction), ("--input", args.input), ("--output", args.output))
+        missing = [flag for flag, value in given if not value]
+        if missing:
+            raise UsageError(f"{missing[0]} is required (or use --test-split)")
+        if args.dataset_dir:
+            raise UsageError("--dataset-dir applies to --test-split only")
+    check_model_args(args)
     if args.batch_size is not None and args.batch_size <= 0:
         raise UsageError(f"--batch-size {args.batch_size}: must be positive")
+    if args.test_split and args.checkpoint and not (args.output and args.dataset_dir):
+        raise UsageError("--test-split with --checkpoint needs --dataset-dir ROOT (with testA/ testB/) and --output")
+    if args.test_split and args.pretrained and not args.output:
+        raise UsageError("--test-split with --pretrained needs --output FOLDER")
 
 
 def load_model(args) -> Translator:
@@ -380,60 +351,15 @@ def load_model(args) -> Translator:
     return load_official(os.path.expanduser(args.checkpoint), model=args.model or "ugatit", **shape)
 
 
-def dataset_for_test_split(args, model: Translator):
-    """The dataset of the run (its saved config; --dataset-dir overrides the folder), or a folder for .pt."""
-    import ml_collections
-
-    from ugatit_jax.data import get_source
-
-    if model.config is None:
-        if not args.dataset_dir:
-            raise UsageError("--test-split with --checkpoint needs --dataset-dir ROOT (a folder with testA/ testB/)")
-        config = ml_collections.ConfigDict({"dataset": "folder", "dataset_dir": args.dataset_dir})
-    else:
-        config = ml_collections.ConfigDict(model.config.to_dict())
-        if args.dataset_dir:
-            config.dataset_dir = args.dataset_dir
-    return get_source(config)
-
-
 def _run(args) -> None:
+    check_flags(args)
+    batch_size = args.batch_size or default_batch_size()
     if args.test_split:
-        for flag, value in (("--direction", args.direction), ("--input", args.input), ("--heatmap", args.heatmap)):
-            if value:
-                raise UsageError(f"{flag} does not apply to --test-split (which translates the whole test split)")
-        check_model_args(args)
-        if args.checkpoint and not (args.output and args.dataset_dir):
-            raise UsageError(
-                "--test-split with --checkpoint needs --dataset-dir ROOT (with testA/ testB/) and --output"
-            )
-        model = load_model(args)
-        if args.pretrained and not args.output:
-            raise UsageError("--test-split with --pretrained needs --output FOLDER")
-        output = args.output or os.path.join(os.path.abspath(os.path.expanduser(args.workdir)), "test")
-        check_writable(output, folder=True, name=f"--output {output}")
-        source = dataset_for_test_split(args, model)
-        batch_size = args.batch_size or default_batch_size()
-        result = write_test_split(model, source, output, batch_size=batch_size, progress=True)
-        counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
-        print(f"wrote test strips ({counts}) and {result['index']}")
-        if result["skipped"]:
-            print(f"{len(result['skipped'])} unreadable test image(s) skipped")
+        _run_test_split(args, batch_size)
         return
-    missing = [
-        flag
-        for flag, value in (("--direction", args.direction), ("--input", args.input), ("--output", args.output))
-        if not value
-    ]
-    if missing:
-        raise UsageError(f"{missing[0]} is required (or use --test-split)")
-    if args.dataset_dir:
-        raise UsageError("--dataset-dir applies to --test-split only")
-    check_model_args(args)
     jobs, renamed = plan(args.input, args.output, args.heatmap)
     check_writable(args.output, folder=True, name=f"--output {args.output}")
     model = load_model(args)
-    batch_size = args.batch_size or default_batch_size()
     result = translate_jobs(
         model, args.direction, jobs, args.output, heatmap=args.heatmap, batch_size=batch_size, progress=True
     )
@@ -445,6 +371,20 @@ def _run(args) -> None:
         f"{result.images_per_s:.2f} images/s ({result.images_per_s_with_compile:.2f} with the "
         f"{result.compile_s:.1f} s compilation)"
     )
+
+
+def _run_test_split(args, batch_size: int) -> None:
+    from ugatit_jax.evaluation.test_split import split_source, write_test_split
+
+    output = args.output or run_dir.test_dir(args.workdir)
+    check_writable(output, folder=True, name=f"--output {output}")
+    model = load_model(args)
+    source = split_source(model, args.dataset_dir)
+    result = write_test_split(model, source, output, batch_size=batch_size, progress=True)
+    counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
+    print(f"wrote test strips ({counts}) and {result['index']}")
+    if result["skipped"]:
+        print(f"{len(result['skipped'])} unreadable test image(s) skipped")
 
 
 main = make_main(PROG, _parser, _run)

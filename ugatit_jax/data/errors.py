@@ -1,7 +1,9 @@
 """The one exception type the data package raises for bad input."""
 
+from ugatit_jax.errors import ExpectedError
 
-class DatasetError(ValueError):
+
+class DatasetError(ExpectedError, ValueError):
     """A dataset cannot be used as asked.
 
     Subclasses ValueError so callers that already treat bad arguments as

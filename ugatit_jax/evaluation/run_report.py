@@ -9,18 +9,15 @@ strips, so the run folder can be moved, zipped or served as it is.
 
 from __future__ import annotations
 
-import glob
 import html
-import json
 import math
 import os
-import re
 import urllib.parse
 
+from ugatit_jax import run_dir
 from ugatit_jax.directions import DIRECTIONS, label
 from ugatit_jax.evaluation.measures import MEASURES, key
 
-REPORT_FILE = "report.html"
 COLOURS = dict(zip(DIRECTIONS, ("#1f77b4", "#d62728")))  # a plot colour per direction
 
 
@@ -29,46 +26,11 @@ COLOURS = dict(zip(DIRECTIONS, ("#1f77b4", "#d62728")))  # a plot colour per dir
 # ----------------------------------------------------------------------------
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """``metrics.jsonl`` rows sorted by step; unparseable lines (a crash mid-write) are skipped. Should a step appear
-    twice (a file written before resumes dropped replayed lines), its last line wins."""
-    rows = {}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    rows[int(row["step"])] = row
-                except (ValueError, TypeError, KeyError):
-                    continue
-    return [rows[step] for step in sorted(rows)]
-
-
-def read_evaluations(workdir: str) -> list[dict]:
-    """Every ``eval/step_<N>.json`` record (training's and ``evaluate``'s), sorted by step."""
-    records = []
-    for path in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
-        match = re.fullmatch(r"step_(\d+)\.json", os.path.basename(path))
-        if not match:
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("scores"), dict):
-            records.append({**record, "step": int(match.group(1))})
-    return sorted(records, key=lambda r: r["step"])
-
-
 def latest_strips(workdir: str) -> tuple[int | None, list[tuple[str, str]]]:
     """(step, [(path relative to the run folder, caption)]) of the newest sample strips."""
     found = {}
-    for path in glob.glob(os.path.join(workdir, "samples", "*.png")):
-        match = re.fullmatch(rf"({'|'.join(DIRECTIONS)})_(train|test)_(\d+)\.png", os.path.basename(path))
-        if match:
-            found.setdefault(int(match.group(3)), []).append((match.group(2), match.group(1), path))
+    for step, split, direction, path in run_dir.sample_files(workdir):
+        found.setdefault(step, []).append((split, direction, path))
     if not found:
         return None, []
     step = max(found)
@@ -244,7 +206,7 @@ figure img { image-rendering: pixelated; border: 1px solid #ccc; max-width: 100%
 def build_report(workdir: str) -> str:
     """The page's HTML for the run in ``workdir``."""
     name = os.path.basename(os.path.abspath(workdir))
-    rows, records = read_metrics(workdir), read_evaluations(workdir)
+    rows, records = run_dir.read_metrics(workdir), run_dir.read_evaluations(workdir)
     strip_step, strips = latest_strips(workdir)
     last_step = max([r["step"] for r in rows] + [r["step"] for r in records] + [strip_step or 0])
     out = [
@@ -276,7 +238,7 @@ def build_report(workdir: str) -> str:
     if rows:
         out.append('<div class="plots">' + "\n".join(_loss_plots(rows)) + "</div>")
     else:
-        out.append('<p class="note">No metrics.jsonl yet.</p>')
+        out.append(f'<p class="note">No {run_dir.METRICS} yet.</p>')
     out.append('<h2 id="samples">Sample strips</h2>')
     if strips:
         out.append(
@@ -296,9 +258,9 @@ def build_report(workdir: str) -> str:
 
 
 def write_report(workdir: str, output: str | None = None) -> str:
-    """Write the page (default ``workdir/report.html``) atomically; returns its path. Strip links are relative to
+    """Write the page (default ``run_dir.report_file``) atomically; returns its path. Strip links are relative to
     the run folder, so a page written elsewhere links correctly only from inside the run folder."""
-    output = output or os.path.join(workdir, REPORT_FILE)
+    output = output or run_dir.report_file(workdir)
     page = build_report(workdir)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"

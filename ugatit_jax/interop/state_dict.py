@@ -23,11 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ugatit_jax.errors import ExpectedError
+
 Converter = Callable[[np.ndarray], np.ndarray]
 Entry = tuple[str, Callable[[], nnx.Variable], Converter, Converter]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ExpectedError, ValueError):
     """A file or state dict does not fit the module: not a state dict of tensors, or a missing, unexpected or
     wrongly shaped key."""
 

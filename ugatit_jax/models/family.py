@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.memo import remember
 from ugatit_jax.models.nice import NICE
 from ugatit_jax.models.ugatit import UGATIT
-from ugatit_jax.nn.jit_init import jit_init
+from ugatit_jax.xla.jit_init import jit_init
+from ugatit_jax.xla.memo import remember
 
 Translation = tuple[jax.Array, jax.Array, jax.Array]  # image, cam_logit, heatmap
 
@@ -63,7 +63,10 @@ def _options(config) -> dict:
 
 def _build_ugatit(config, rngs: nnx.Rngs) -> UGATIT:
     layers = config.disc_global_layers, config.disc_local_layers
-    return UGATIT(config.ch, config.n_res, config.img_size, config.light, *layers, **_options(config), rngs=rngs)
+    disc_ch = config.get("disc_ch") or None  # absent from configs saved before the key existed
+    return UGATIT(
+        config.ch, config.n_res, config.img_size, config.light, *layers, disc_ch=disc_ch, **_options(config), rngs=rngs
+    )
 
 
 def _translate_ugatit(nets, x, direction):
@@ -109,7 +112,7 @@ def get_family(config_or_name) -> Family:
 
 # Every config key the builders above read: two configs that agree on them build the same model.
 ARCHITECTURE_KEYS = (
-    "model", "ch", "n_res", "img_size", "light", "disc_global_layers", "disc_local_layers", "n_dis",
+    "model", "ch", "n_res", "img_size", "light", "disc_global_layers", "disc_local_layers", "disc_ch", "n_dis",
     "compute_dtype", "remat",
 )  # fmt: skip
 
@@ -122,7 +125,7 @@ def _architecture_key(config) -> tuple:
 
 def build_model(config, seed: int | None = None) -> nnx.Module:
     """Every network of ``config``'s family, randomly initialised as the official code does (seeded), by one
-    compiled program (``ugatit_jax.nn.jit_init``)."""
+    compiled program (``ugatit_jax.xla.jit_init``)."""
     family = get_family(config)
     seed = config.seed if seed is None else seed
     return jit_init(lambda rngs: family.build(config, rngs), seed, cache_key=_architecture_key(config))

@@ -200,10 +200,3 @@ class NICE(nnx.Module):
         disc = functools.partial(NiceDiscriminator, ch, n_dis, dtype=dtype, rngs=rngs)
         self.gen2B, self.gen2A = gen(), gen()
         self.disA, self.disB = disc(), disc()
-
-    def translate_a2b(self, x: jax.Array) -> jax.Array:
-        """A -> B: decode domain A's code (``disA``'s encoder only, no heads) with the B generator."""
-        return self.gen2B(self.disA.encode(x)[0])
-
-    def translate_b2a(self, x: jax.Array) -> jax.Array:
-        return self.gen2A(self.disB.encode(x)[0])

@@ -227,12 +227,13 @@ class UGATIT(nnx.Module):
         disc_global_layers: int = 7,
         disc_local_layers: int = 5,
         *,
+        disc_ch: int | None = None,
         dtype=None,
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
         gen = functools.partial(Generator, ch, n_res, img_size, light, dtype=dtype, remat=remat, rngs=rngs)
-        disc = functools.partial(Discriminator, ch, dtype=dtype, rngs=rngs)
+        disc = functools.partial(Discriminator, disc_ch or ch, dtype=dtype, rngs=rngs)  # official: disc_ch = ch
         self.genA2B, self.genB2A = gen(), gen()
         self.disGA, self.disGB = disc(disc_global_layers), disc(disc_global_layers)
         self.disLA, self.disLB = disc(disc_local_layers), disc(disc_local_layers)

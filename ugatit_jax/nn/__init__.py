@@ -5,7 +5,6 @@ Each module is independent of the two model families in ``ugatit_jax.models`` an
 
 from ugatit_jax.nn.attention import CAMAttention
 from ugatit_jax.nn.cam import class_activation_map, colorize_heatmap, overlay_heatmap
-from ugatit_jax.nn.jit_init import jit_init
 from ugatit_jax.nn.norms import ILN, AdaILN, clip_rho
 from ugatit_jax.nn.spectral_norm import PowerIterationState, SpectralNorm
 
@@ -18,6 +17,5 @@ __all__ = [
     "class_activation_map",
     "clip_rho",
     "colorize_heatmap",
-    "jit_init",
     "overlay_heatmap",
 ]

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ugatit_jax.nn import layers
+from ugatit_jax.xla import cpu_conv
 
 
 class PowerIterationState(nnx.Variable):
@@ -131,9 +131,9 @@ class SpectralNorm(nnx.Module):
             strides = layer.strides
             strides = (strides,) * (x.ndim - 2) if isinstance(strides, int) else tuple(strides)
             if layer.padding == "VALID":
-                y = layers.conv2d(x, kernel, strides)  # XLA's or a faster formulation on CPU
+                y = cpu_conv.conv2d(x, kernel, strides)  # XLA's or a faster formulation on CPU
             else:
-                y = jax.lax.conv_general_dilated(x, kernel, strides, layer.padding, dimension_numbers=layers.NHWC)
+                y = jax.lax.conv_general_dilated(x, kernel, strides, layer.padding, dimension_numbers=cpu_conv.NHWC)
         if inv_sigma is not None:
             per_group = y.reshape(-1, groups, *y.shape[1:])  # (B, groups, ...)
             scale = inv_sigma.astype(dtype).reshape(1, groups, *([1] * (y.ndim - 1)))

@@ -43,6 +43,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ugatit_jax import run_dir
+from ugatit_jax.errors import ExpectedError
 from ugatit_jax.train import parallel
 
 log = logging.getLogger("ugatit_jax")
@@ -52,7 +54,7 @@ DAMAGED_DIR = "damaged"
 _LAYOUT_KEYS = ("process_index", "process_count")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ExpectedError, RuntimeError):
     """A checkpoint that cannot be restored into the current run."""
 
 
@@ -144,7 +146,7 @@ def disk_errors(workdir: str) -> Iterator[None]:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise write_failure(error, checkpoint_dir(workdir), f"to {os.path.abspath(workdir)}") from None
+        raise write_failure(error, run_dir.checkpoints_dir(workdir), f"to {os.path.abspath(workdir)}") from None
 
 
 def _drop_save_tracebacks() -> None:
@@ -205,10 +207,6 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
-
-
 def _read_only_notices(record: logging.LogRecord) -> bool:
     """Drops the two warnings Orbax logs for every read-only manager (translate, evaluate, export open runs so):
     what was asked for is no news, and they stood before a bad-input command's one ``error:`` line."""
@@ -220,7 +218,7 @@ class Checkpointer:
     """Thin wrapper over ``ocp.CheckpointManager`` with the three items of a run."""
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-        self.directory = checkpoint_dir(workdir)
+        self.directory = run_dir.checkpoints_dir(workdir)
         self.read_only = read_only
         self._saving: int | None = None  # the step of the asynchronous save in flight
         if not read_only:

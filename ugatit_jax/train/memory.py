@@ -3,7 +3,7 @@ change it; and the pre-flight check of a run against its devices' memory.
 
 ``abstract_step`` builds the step a run compiles (``family_step.make_step``, jitted by ``parallel.jit_train_step``
 with the run's state shardings) on shapes only, so nothing is allocated: ``python -m ugatit_jax.plan`` and
-``benchmarks/throughput.py --compile-only`` both compile it, and agree by construction. The trainer's
+``benchmarks/throughput.py --compile-only`` both compile it, and agree by construction. The training loop's
 pre-flight (``preflight``) reads the plan of the very program it is about to run.
 """
 
@@ -123,10 +123,10 @@ def abstract_batch(config, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     return {d: jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=parallel.batch_sharding(mesh)) for d in "AB"}
 
 
-def abstract_state(config, mesh):
+def abstract_state(config, mesh, optimisers=None):
     """(graph definitions, optimisers, the state's shapes each with the sharding a run gives it, those shardings)
-    of ``config`` on ``mesh``; nothing is initialised."""
-    g_tx, d_tx = make_optimizers(config)
+    of ``config`` on ``mesh``; nothing is initialised. ``optimisers``: the run's (g_tx, d_tx), else the config's."""
+    g_tx, d_tx = make_optimizers(config) if optimisers is None else optimisers
     graphdefs, state = abstract_train_state(config, g_tx, d_tx)
     shardings = parallel.state_shardings(state, mesh, config.shard_state)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
@@ -224,21 +224,21 @@ def available_memory(config, device) -> tuple[int | None, str]:
     return limit, f"as {device.platform}:{device.id} reports"
 
 
-def preflight(config, mesh, jitted_step: Callable) -> MemoryPlan | None:
+def preflight(config, mesh, jitted_step: Callable, optimisers=None) -> MemoryPlan | None:
     """Before anything is built or placed: where the devices' memory is known (``available_memory``), compile the
     run's own step on its state's shapes and raise ConfigError if XLA's plan does not fit, naming the cheapest of
     ``FALLBACKS`` that does (each compiled on shapes only) or, if none does, what to try. Checked this early, a
     state that alone would not fit stops here too, not in its random initialisation.
 
-    ``jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)`` is the trainer's: it keeps the step it
-    builds here for the run, and the compiled program goes through the persistent compilation cache
-    (``config.xla_cache_dir``), from which the first step then loads it: a run that fits pays the check in
-    seconds. Without the cache the step compiles twice. Returns the plan, or None where no memory is known (a CPU
-    without an override) or XLA gives no plan."""
+    ``jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)`` is the loop's (``training.steps``): it
+    keeps the step it builds here (with ``optimisers``, the run's (g_tx, d_tx)) for the run, and the compiled
+    program goes through the persistent compilation cache (``config.xla_cache_dir``), from which the first step
+    then loads it: a run that fits pays the check in seconds. Without the cache the step compiles twice. Returns
+    the plan, or None where no memory is known (a CPU without an override) or XLA gives no plan."""
     available, source = available_memory(config, mesh.local_devices[0])  # this process's: it can read them
     if available is None:
         return None
-    graphdefs, g_tx, d_tx, state, shardings = abstract_state(config, mesh)
+    graphdefs, g_tx, d_tx, state, shardings = abstract_state(config, mesh, optimisers)
     step = jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
     needed = plan_of(step.lower(state, abstract_batch(config, mesh)).compile(), state)
     if needed is None:

@@ -26,6 +26,11 @@ def learning_rate_schedule(lr: float, iterations: int, decay: bool = True) -> op
     return schedule
 
 
+def schedule_of(config) -> optax.Schedule:
+    """The learning-rate schedule of a config (``lr``, ``iterations``, ``decay_flag``)."""
+    return learning_rate_schedule(config.lr, config.iterations, config.decay_flag)
+
+
 def make_optimizer(
     *,
     lr: float,
@@ -36,22 +41,25 @@ def make_optimizer(
     eps: float = 1e-8,
     weight_decay: float = 1e-4,
 ) -> optax.GradientTransformation:
+    return coupled_adam(learning_rate_schedule(lr, iterations, decay), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def coupled_adam(
+    schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_decay: float
+) -> optax.GradientTransformation:
+    """Adam with coupled L2 weight decay (the module's docstring) at the learning rates of ``schedule``."""
     return optax.chain(
         optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        optax.scale_by_learning_rate(learning_rate_schedule(lr, iterations, decay)),
+        optax.scale_by_learning_rate(schedule),
     )
 
 
-def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-    """(generator optimiser, discriminator optimiser) with a config's official Adam settings and schedule."""
-    kwargs = dict(
-        lr=config.lr,
-        iterations=config.iterations,
-        decay=config.decay_flag,
-        b1=config.adam_b1,
-        b2=config.adam_b2,
-        eps=config.adam_eps,
-        weight_decay=config.weight_decay,
-    )
-    return make_optimizer(**kwargs), make_optimizer(**kwargs)
+def make_optimizers(
+    config, schedule: optax.Schedule | None = None
+) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(generator optimiser, discriminator optimiser) with a config's official Adam settings, at the learning rates
+    of ``schedule``: the run's, resolved once (``schedule_of(config)`` when absent)."""
+    schedule = schedule_of(config) if schedule is None else schedule
+    kwargs = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps, weight_decay=config.weight_decay)
+    return coupled_adam(schedule, **kwargs), coupled_adam(schedule, **kwargs)

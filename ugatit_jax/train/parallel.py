@@ -22,9 +22,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ugatit_jax.compilation_cache import guard_cross_process_programs
 from ugatit_jax.config import ConfigError
 from ugatit_jax.nn.layers import wide_layer_layout
+from ugatit_jax.xla.compilation_cache import guard_cross_process_programs
 
 DATA_AXIS = "data"
 
@@ -195,6 +195,25 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicate(tree, mesh: Mesh):
     """Place a host pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def _identity(tree):
+    return tree
+
+
+def host_readable(tree, mesh: Mesh):
+    """``tree`` with every array readable on the host of every process (``jax.device_get``, ``np.asarray``).
+
+    Arrays split over the devices of several processes (``config.shard_state`` on many hosts) are copied to the
+    replicated layout by one jitted identity over the whole tree: one program and one dispatch, whose all-gathers
+    are a collective, so every process must call this at the same point of the run.
+    (``multihost_utils.process_allgather`` does the same array by array: a program per leaf shape and layout, and
+    a host copy on every process, where only process 0 reads.) A tree readable as it is (replicated, or on one
+    process's devices) comes back unchanged, without running anything.
+    """
+    if all(x.is_fully_replicated or x.is_fully_addressable for x in jax.tree.leaves(tree)):
+        return tree
+    return jax.jit(_identity, out_shardings=replicated(mesh))(tree)
 
 
 def shard_spec(shape: tuple[int, ...], n: int) -> P:

@@ -9,8 +9,8 @@ prints one line naming the step and the processes that did not answer, asks the 
 with ``EXIT_STATUS``: its main thread is blocked inside XLA and cannot be interrupted.
 
 The timeout must outlast the longest pause between steps: an evaluation, a sample strip or a checkpoint (other
-processes wait for process 0's in their next collective). The first step's compilation comes before the first
-report, so it does not count.
+processes wait for process 0's). The first step's compilation comes before the first report, so it does not
+count.
 """
 
 from __future__ import annotations

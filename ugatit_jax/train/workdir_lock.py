@@ -33,11 +33,11 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from ugatit_jax import run_dir
 from ugatit_jax.config import ConfigError
 
 log = logging.getLogger("ugatit_jax")
 
-LOCK_NAME = ".lock"
 HEARTBEAT_S = 60.0  # how often the holder renews its heartbeat
 EXPIRY_S = 600.0  # a lock from another host whose heartbeat is older than this is taken over
 
@@ -79,7 +79,7 @@ class WorkdirLock:
     """The lock of one workdir; ``acquire`` takes it (or raises WorkdirLockedError), ``release`` gives it back."""
 
     def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S, expiry_s: float = EXPIRY_S):
-        self.path = os.path.join(os.path.abspath(workdir), LOCK_NAME)
+        self.path = run_dir.lock_file(workdir)
         self.heartbeat_s = heartbeat_s
         self.expiry_s = expiry_s
         self.record: dict | None = None  # ours, while held

@@ -5,7 +5,7 @@ for U-GAT-IT, tens of seconds on a small CPU before the first training step), an
 the persistent compilation cache. Traced once under ``jax.jit``, the whole initialisation is one program, compiled
 at XLA's lowest backend optimisation level (it runs once, so optimising it buys nothing), and the persistent cache
 turns it into a load for every later launch of the same architecture. Its Threefry draws are merged into a few
-hashes (``ugatit_jax.nn.batched_draws``, same values), which cuts its compile time again. The measurements are in
+hashes (``ugatit_jax.xla.batched_draws``, same values), which cuts its compile time again. The measurements are in
 ``docs/speed.md``.
 
 The values are the eager initialisation's up to float rounding: inside one program XLA fuses a uniform draw's
@@ -24,8 +24,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ugatit_jax.memo import remember
-from ugatit_jax.nn.batched_draws import batch_threefry_draws
+from ugatit_jax.xla.batched_draws import batch_threefry_draws
+from ugatit_jax.xla.memo import remember
 
 M = TypeVar("M", bound=nnx.Module)
 

@@ -1,7 +1,7 @@
 """The persistent XLA compilation cache, shared by training, translation, evaluation and export.
 
 A launch of the same architecture on the same machine then loads its programs instead of compiling them: the
-train step, the initialisation (``ugatit_jax.nn.jit_init``), the sampler, the evaluator, export. Every program is
+train step, the initialisation (``ugatit_jax.xla.jit_init``), the sampler, the evaluator, export. Every program is
 kept however fast it compiled: a launch runs dozens that take 0.1-1 s each, and together they were seconds of
 every warm start.
 

@@ -7,8 +7,8 @@ later start with the same key loads it in milliseconds and jits a one-call wrapp
 program XLA's cache holds.
 
 The key is everything the traced program depends on: this package's source files, the versions of the libraries
-that trace it, JAX's configuration, the caller's config values (``trainer.STEP_KEYS``), the tree, shapes, dtypes
-and shardings of state and batch, and the devices. Any change makes a new entry; an entry is never reused across
+that trace it, JAX's configuration, the caller's config values (``training.steps.STEP_KEYS``), the tree, shapes,
+dtypes and shardings of state and batch, and the devices. Any change makes a new entry; an entry is never reused across
 one. A file that cannot be read back (a partial copy) is exported again; if export itself fails (a platform
 ``jax.export`` does not serve), the step is traced as usual.
 """
