@@ -419,6 +419,11 @@ def plan_and_run(suite: Suite) -> None:
         suite.run(row)
 
 
+class Stopped(BaseException):
+    """SIGTERM while the suite runs: like Ctrl-C it ends the suite, which still writes what it measured (a stop,
+    not an error: no error line, exit status 0)."""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu_suite_out", help="gpu_suite.md/.json go here")
@@ -432,14 +437,14 @@ def main(argv=None) -> int:
     suite = Suite(args)
 
     def stop(signum, frame):
-        raise SystemExit(f"stopped by signal {signum}")
+        raise Stopped(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
     try:
         if suite.probe_environment():
             plan_and_run(suite)
             suite.state = f"finished in {time.monotonic() - suite.t0:.0f} s"
-    except (SystemExit, KeyboardInterrupt) as e:
+    except (Stopped, KeyboardInterrupt) as e:
         suite.state = f"stopped ({e or 'interrupted'}) during {suite.state}"
         for row in suite.rows:
             if row.status == "pending":

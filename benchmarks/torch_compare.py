@@ -42,9 +42,11 @@ def compare_with_torch(
     import jax
     import torch_reference
 
+    from ugatit_jax.errors import UsageError
+
     unknown = [m for m in modes if m not in TORCH_MODES]
     if unknown:
-        raise SystemExit(f"--torch-modes: unknown {unknown}; choose from {sorted(TORCH_MODES)}")
+        raise UsageError(f"--torch-modes: unknown {unknown}; choose from {sorted(TORCH_MODES)}")
     device = torch_device_for(device, jax.devices()[0].platform)
     torch = torch_reference.import_torch()
     if device.startswith("cuda"):

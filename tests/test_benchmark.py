@@ -247,3 +247,18 @@ def test_a_wrong_official_checkout_is_one_line_before_compiling(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("throughput.py: error: --torch-reference") and "NICE-GAN-pytorch" in lines[0]
+
+
+def test_no_script_ends_bad_input_with_a_message_exit():
+    """The benchmarks and scripts report bad input as an ``errors.ExpectedError`` (``cli.run_script`` prints its
+    one line), never ``raise SystemExit("message")``: one convention for every entry point."""
+    import ast
+
+    found = []
+    for path in sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            call = node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(call, ast.Call) and ast.unparse(call.func) == "SystemExit":
+                if call.args and not (isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, int)):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

@@ -160,19 +160,9 @@ def exit_with(status: int) -> NoReturn:
 
 
 def run_script(prog: str, main: Callable[[], int | None]) -> NoReturn:
-    """Runs the ``main()`` of a script (the benchmarks, scripts/) as its whole process, under ``reported``. A
-    ``SystemExit("message")`` (what ``benchmarks/throughput.py`` still raises for bad input) is reported as a
-    ``UsageError``."""
-
-    def run() -> int | None:
-        try:
-            return main()
-        except SystemExit as e:
-            if isinstance(e.code, str):
-                raise UsageError(e.code) from None
-            raise
-
-    exit_with(reported(prog, run))
+    """Runs the ``main()`` of a script (the benchmarks, scripts/) as its whole process, under ``reported``: bad
+    input is an ``errors.ExpectedError`` there as everywhere (no ``SystemExit("message")``)."""
+    exit_with(reported(prog, main))
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:
