@@ -9,6 +9,7 @@ from test_benchmark import ROOT, throughput
 from tiny import run_config, tiny_config
 
 from ugatit_jax import plan as plan_cli
+from ugatit_jax.cli import UsageError
 from ugatit_jax.config import ConfigError, parse_size, validate
 from ugatit_jax.train import memory, parallel
 from ugatit_jax.training import loop
@@ -88,7 +89,8 @@ def test_plan_agrees_with_the_benchmark_and_splits_the_state(tmp_path, capsys):
 
 
 def test_benchmark_refuses_what_cannot_run(capsys):
-    """throughput.py: a device count below 1 and a batch that does not split are one line each."""
+    """throughput.py: a device count below 1 or above what JAX sees, and a batch that does not split, are one
+    line each (cli.run_script prints the UsageError or ConfigError)."""
     with pytest.raises(SystemExit) as e:
         throughput.parse_args(["--devices", "0"])
     assert e.value.code == 2
@@ -97,6 +99,8 @@ def test_benchmark_refuses_what_cannot_run(capsys):
     config = throughput.load_config(str(ROOT / "configs/emoji.py"), ["batch_size=1"])
     with pytest.raises(ConfigError, match="config.batch_size=1: must be divisible by the number of devices"):
         throughput.compile_only(config, 8)
+    with pytest.raises(UsageError, match="--devices 16: JAX sees 8 cpu device"):
+        throughput.devices_and_mesh(config, 16)
 
 
 # ---------------------------------------------------------------------------------------------- the pre-flight
