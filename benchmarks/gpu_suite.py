@@ -32,7 +32,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import throughput  # noqa: E402  (imports no jax at module level: this process never touches the GPU)
+import profile_summary  # noqa: E402  (neither imports jax at module level: this process never touches the GPU)
+import sweep  # noqa: E402
 
 SCRIPT = ROOT / "benchmarks" / "throughput.py"
 TINY = ["--config.ch=4", "--config.n_res=1", "--config.disc_global_layers=4", "--config.disc_local_layers=3"]
@@ -125,12 +126,12 @@ class Suite:
         json_path = self.work / f"{row.key}.json"
         started = time.monotonic()
         try:
-            row.result, row.note, row.seconds = throughput.run_row(row.cmd, json_path, timeout, log)
+            row.result, row.note, row.seconds = sweep.run_row(row.cmd, json_path, timeout, log)
         except BaseException:  # the suite is being stopped: keep what this row had measured
             row.seconds = time.monotonic() - started
             row.result = json.loads(json_path.read_text()) if json_path.is_file() else None
             phase = (row.result or {}).get("phase")
-            where = f" while {throughput.PHASE_WORDS.get(phase, phase)}" if phase else ""
+            where = f" while {sweep.PHASE_WORDS.get(phase, phase)}" if phase else ""
             row.status, row.note = "stopped", f"stopped after {row.seconds:.0f} s{where} (the suite was stopped)"
             row.log_tail = log.read_text(errors="replace").splitlines()[-40:] if log.is_file() else None
             raise
@@ -252,7 +253,7 @@ class Suite:
         ]
         for i, row in enumerate(self.rows, 1):
             r = row.result or {}
-            f = throughput._fmt
+            f = sweep._fmt
             mfu = r.get("mfu")
             peak = r.get("peak_memory_bytes") or (r.get("memory_analysis") or {}).get("estimated_peak_bytes")
             estimated = " (est.)" if peak and not r.get("peak_memory_bytes") else ""
@@ -280,7 +281,7 @@ class Suite:
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         profiled = [r for r in self.rows if r.result and r.result.get("profile")]
         for row in profiled:
-            lines += ["", f"## Profile: {row.key}", "", throughput.profile_table(row.result["profile"]).rstrip()]
+            lines += ["", f"## Profile: {row.key}", "", profile_summary.profile_table(row.result["profile"]).rstrip()]
             if row.result["profile"].get("not_copied"):
                 lines += ["", f"The trace stayed on the machine ({row.result['profile']['not_copied']})."]
             if row.result["profile"].get("copied_to"):
@@ -418,6 +419,11 @@ def plan_and_run(suite: Suite) -> None:
         suite.run(row)
 
 
+class Stopped(BaseException):
+    """SIGTERM while the suite runs: like Ctrl-C it ends the suite, which still writes what it measured (a stop,
+    not an error: no error line, exit status 0)."""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu_suite_out", help="gpu_suite.md/.json go here")
@@ -431,14 +437,14 @@ def main(argv=None) -> int:
     suite = Suite(args)
 
     def stop(signum, frame):
-        raise SystemExit(f"stopped by signal {signum}")
+        raise Stopped(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
     try:
         if suite.probe_environment():
             plan_and_run(suite)
             suite.state = f"finished in {time.monotonic() - suite.t0:.0f} s"
-    except (SystemExit, KeyboardInterrupt) as e:
+    except (Stopped, KeyboardInterrupt) as e:
         suite.state = f"stopped ({e or 'interrupted'}) during {suite.state}"
         for row in suite.rows:
             if row.status == "pending":

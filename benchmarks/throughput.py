@@ -1,9 +1,12 @@
 """Throughput of the jitted train step (U-GAT-IT or NICE-GAN), optionally against the official PyTorch step.
 
-It times exactly what training runs (``trainer.build_model`` / ``make_optimizers`` / ``make_step`` and
-``parallel.jit_train_step``) on random uint8 batches, so no dataset is needed. Reported: trace / lower / compile
-seconds, median ms per step and images/s (both domains), XLA's FLOP count for one step, achieved TFLOP/s and MFU
-against the device's dense peak, XLA's compiled memory analysis and the device's peak memory where it reports one.
+It times exactly what training runs (``build_model`` / ``make_optimizers`` / ``train.family_step.make_step`` and
+``parallel.jit_train_step``, with the config's state shardings) on random uint8 batches, so no dataset is needed.
+Reported: trace / lower / compile seconds, median ms per step and images/s (both domains), XLA's FLOP count for one
+step, achieved TFLOP/s and MFU against the device's dense peak, XLA's compiled memory plan per device (the state's
+parts and the temporaries, as ``python -m ugatit_jax.plan`` prints it) and the device's peak memory where it
+reports one. ``--compile-only`` compiles the step ``train.py`` would (``train.memory.abstract_step``) on shapes
+only, so its ``memory_analysis`` is that command's plan.
 
   python benchmarks/throughput.py --config configs/emoji.py --steps 50 --json emoji.json
   python benchmarks/throughput.py --config configs/light.py --config.img_size=128 --config.ch=32 \\
@@ -18,26 +21,27 @@ default precision), in float32 and with ``--torch-modes float32,autocast_bf16`` 
 ``jax.block_until_ready``. ``--xla-autotune-level``, ``--xla-autotune-cache``, ``--xla-flags`` and
 ``--compilation-cache`` set what decides GPU compile time; ``--profile DIR`` saves a ``jax.profiler`` trace of a
 few steps and prints the kernels that took the most time. ``benchmarks/gpu_suite.sh`` runs the GPU measurements
-end to end.
+end to end. The official step's timing lives in ``torch_compare.py``, the profile's summary in
+``profile_summary.py``, the XLA options and the sweep in ``sweep.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import pathlib
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from profile_summary import capture_profile, profile_table  # noqa: E402  (these import no jax at module level)
+from sweep import apply_xla_options, run_sweep, xla_settings  # noqa: E402
+from torch_compare import TORCH_MODES, compare_with_torch  # noqa: E402
 
 # Dense peak TFLOP/s per device, by a substring of ``device.device_kind`` (first match wins). "float32" is what
 # XLA runs for float32 at default precision: TF32 tensor cores on NVIDIA Ampere and later, bf16 passes on TPU.
@@ -62,17 +66,11 @@ PEAK_TFLOPS = (
 
 # ----------------------------------------------------------------------------------------------------------- config
 def load_config(path: str, overrides: list[str]):
-    """``get_config()`` of a config file plus ``key=value`` overrides, parsed by ml_collections as train.py does."""
-    from absl import flags
-    from ml_collections import config_flags
+    """``get_config()`` of a config file plus ``key=value`` overrides, parsed by ml_collections as train.py does;
+    bad input is one ``throughput.py: error:`` line (``cli.run_script``)."""
+    from ugatit_jax.cli import load_config as load
 
-    from ugatit_jax.cli import parse_config_flags
-
-    argv = ["throughput", f"--config={path}", *(f"--config.{o}" for o in overrides)]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv, lock_config=True)
-    parse_config_flags(values, argv)  # bad input: cli.UsageError, one "throughput.py: error:" line (run_script)
-    return values.config
+    return load(path, overrides, prog="throughput")
 
 
 def config_summary(config) -> dict:
@@ -119,45 +117,55 @@ def make_batches(config, sharding, count: int = 2):
     ]
 
 
-def setup(config, n_devices: int | None):
-    """The project's own model, optimisers, state and jitted step on a mesh of ``n_devices`` devices."""
+def devices_and_mesh(config, n_devices: int | None):
+    """The first ``n_devices`` devices (None: all) and their mesh; one error line where the count or the config's
+    batch does not fit them."""
     import jax
 
+    from ugatit_jax.errors import UsageError
+    from ugatit_jax.train import memory, parallel
+
+    available = jax.devices()
+    n = len(available) if n_devices is None else n_devices
+    if n > len(available):
+        raise UsageError(
+            f"--devices {n}: JAX sees {len(available)} {available[0].platform} device(s); on a CPU, "
+            f"JAX_NUM_CPU_DEVICES={n} gives it {n}"
+        )
+    devices = available[:n]
+    mesh = parallel.make_mesh(devices)
+    memory.check_devices(config, mesh)  # e.g. a batch that does not split over the devices: names the option
+    return devices, mesh
+
+
+def setup(config, n_devices: int | None):
+    """The project's own model, optimisers, state (placed as ``config.shard_state`` says) and jitted step on a mesh
+    of ``n_devices`` devices."""
     from ugatit_jax.models.family import build_model
     from ugatit_jax.train import parallel
+    from ugatit_jax.train.family_step import make_step
     from ugatit_jax.train.optim import make_optimizers
     from ugatit_jax.train.state import create_train_state, ema_names
-    from ugatit_jax.training.steps import make_step
 
-    devices = jax.devices()[: n_devices or jax.device_count()]
-    if config.batch_size % len(devices):
-        raise SystemExit(f"batch_size {config.batch_size} is not divisible by {len(devices)} devices; use --devices")
-    mesh = parallel.make_mesh(devices)
+    devices, mesh = devices_and_mesh(config, n_devices)
     model = build_model(config)
     g_tx, d_tx = make_optimizers(config)
     graphdefs, state = create_train_state(model, g_tx, d_tx, ema=ema_names(config))  # the run's step, EMA included
-    state = parallel.replicate(state, mesh)
-    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh)
+    shardings = parallel.state_shardings(state, mesh, config.shard_state)
+    state = parallel.place_state(state, shardings)
+    step = make_step(config, graphdefs, g_tx, d_tx, mesh)
+    step_fn = parallel.jit_train_step(step, mesh, state_sharding=shardings)
     return devices, state, step_fn, make_batches(config, parallel.batch_sharding(mesh))
 
 
 def abstract_setup(config, n_devices: int | None):
-    """Shapes only (no parameter is allocated): compile even the 279M-parameter full model on a small machine."""
-    import jax
-    import jax.numpy as jnp
+    """Shapes only (no parameter is allocated): the step ``train.py`` would compile for ``config`` on
+    ``n_devices`` devices (``train.memory.abstract_step``, the one ``python -m ugatit_jax.plan`` compiles), so
+    even the paper's full model compiles on a small machine."""
+    from ugatit_jax.train import memory
 
-    from ugatit_jax.train import parallel
-    from ugatit_jax.train.optim import make_optimizers
-    from ugatit_jax.train.state import abstract_train_state
-    from ugatit_jax.training.steps import make_step
-
-    devices = jax.devices()[: n_devices or jax.device_count()]
-    mesh = parallel.make_mesh(devices)
-    g_tx, d_tx = make_optimizers(config)
-    graphdefs, state = abstract_train_state(config, g_tx, d_tx)  # either family's networks and optimisers
-    step_fn = parallel.jit_train_step(make_step(config, graphdefs, g_tx, d_tx), mesh)
-    shape = (config.batch_size, config.img_size, config.img_size, 3)
-    batch = {d: jax.ShapeDtypeStruct(shape, jnp.uint8) for d in "AB"}
+    devices, mesh = devices_and_mesh(config, n_devices)
+    step_fn, state, batch = memory.abstract_step(config, mesh)
     return devices, state, step_fn, batch
 
 
@@ -189,7 +197,7 @@ def compile_only(config, n_devices: int | None, progress: Progress | None = None
     result |= {"device_kind": devices[0].device_kind, "device_count": len(devices), **xla_settings()}
     lowered, compiled, _ = compile_step(step_fn, state, batch, progress)
     result |= {"load_average": os.getloadavg()[0]}
-    result |= analyse(lowered, compiled, len(devices))
+    result |= analyse(lowered, compiled, len(devices), state)
     progress.phase("done")
     return result
 
@@ -237,24 +245,24 @@ def model_flops(lowered) -> float | None:
         return None
 
 
-def analyse(lowered, compiled, n_devices: int) -> dict:
-    """FLOPs of one step and XLA's memory plan.
+def analyse(lowered, compiled, n_devices: int, state) -> dict:
+    """FLOPs of one step and XLA's memory plan per device (``train.memory.plan_of``; ``state``: the step's state
+    argument, arrays or shapes with their shardings).
 
     The FLOP count is the cost analysis of the *lowered* (global, not yet partitioned or optimised) program: the
     model's FLOPs, the same on every backend. The compiled program's count is kept for reference only: on GPU it
     leaves out convolutions and matmuls that run as library calls (cuDNN, cuBLAS), so it undercounts ~10x.
     """
+    from ugatit_jax.train import memory
+
     flops = model_flops(lowered)
     compiled_cost = _cost(compiled.cost_analysis())
     out = {"flops_per_step": flops, "flops_per_device": flops / n_devices if flops else None}
     out["compiled_flops_per_device"] = compiled_cost.get("flops")
     out["bytes_accessed_per_device"] = compiled_cost.get("bytes accessed")
-    mem = compiled.memory_analysis()
-    if mem is not None:
-        fields = ("argument", "output", "alias", "temp", "generated_code")
-        out["memory_analysis"] = {f"{k}_bytes": int(getattr(mem, f"{k}_size_in_bytes", 0)) for k in fields}
-        m = out["memory_analysis"]
-        m["estimated_peak_bytes"] = m["argument_bytes"] + m["output_bytes"] - m["alias_bytes"] + m["temp_bytes"]
+    plan = memory.plan_of(compiled, state)
+    if plan is not None:
+        out["memory_analysis"] = plan.as_dict()
     return out
 
 
@@ -312,7 +320,7 @@ def run_benchmark(
     result |= {"config": config_summary(config), "platform": devices[0].platform}
     result |= {"device_kind": devices[0].device_kind, "device_count": len(devices), **xla_settings()}
     lowered, compiled, _ = compile_step(step_fn, state, batches[0], progress)
-    result |= analyse(lowered, compiled, len(devices))
+    result |= analyse(lowered, compiled, len(devices), state)
     result["load_average_before"] = os.getloadavg()[0]  # 1-minute; other processes' load skews CPU timings
     progress.phase("timing")
     runner = Runner(compiled, state, batches)
@@ -354,453 +362,11 @@ def run_benchmark(
     return result
 
 
-# The official step's variants: float32 (cuDNN/TF32 as PyTorch runs it) and bfloat16 autocast, the fastest thing
-# a PyTorch user would run without changing the code's maths.
-TORCH_MODES = {"float32": None, "autocast_bf16": "bfloat16"}
-
-
-def torch_device_for(requested: str, jax_platform: str) -> str:
-    """``auto``: the GPU when ours runs on one and torch sees CUDA, else the CPU."""
-    if requested != "auto":
-        return requested
-    import torch_reference
-
-    torch = torch_reference.import_torch()
-    return "cuda" if jax_platform == "gpu" and torch.cuda.is_available() else "cpu"
-
-
-def compare_with_torch(
-    config,
-    runner: Runner,
-    path: str,
-    steps: int,
-    warmup: int,
-    rounds: int,
-    detach: bool,
-    *,
-    device: str = "auto",
-    modes: tuple[str, ...] = ("float32",),
-    matmul_precision: str = "high",
-) -> dict:
-    """Alternate blocks of official and JAX steps on one device and batch size, so load or thermal drift hits
-    both alike. Every official variant in ``modes`` gets its own block in each round."""
-    import jax
-    import torch_reference
-
-    unknown = [m for m in modes if m not in TORCH_MODES]
-    if unknown:
-        raise SystemExit(f"--torch-modes: unknown {unknown}; choose from {sorted(TORCH_MODES)}")
-    device = torch_device_for(device, jax.devices()[0].platform)
-    torch = torch_reference.import_torch()
-    if device.startswith("cuda"):
-        # XLA's default precision for float32 dots and convolutions on NVIDIA is TF32; "high" lets PyTorch's
-        # matmuls use it too (its convolutions already do: cudnn.allow_tf32 is on by default).
-        torch.set_float32_matmul_precision(matmul_precision)
-    networks = torch_reference.import_official(path, config.model)
-    threads = os.cpu_count() or 1
-    officials = {
-        m: torch_reference.official_step(
-            networks, config, threads=threads, detach=detach, device=device, autocast=TORCH_MODES[m]
-        )
-        for m in modes
-    }
-    first = next(iter(officials.values()))
-    batches = [first.random_batch(i) for i in range(2)]  # one pair of batches, on the device, for every variant
-
-    def timed(official, batch) -> tuple[float, tuple[float, float]]:
-        official.synchronize()
-        t = time.perf_counter()
-        losses = official(*batch)  # .item() of both losses: the official loop prints them every step
-        official.synchronize()
-        return time.perf_counter() - t, losses
-
-    for official in officials.values():
-        for i in range(warmup):  # cuDNN's autotuning (cudnn.benchmark) happens here, untimed
-            timed(official, batches[i % 2])
-    per_round = max(1, steps // rounds)
-    t_torch, losses = {m: [] for m in modes}, {}
-    t_jax = []
-    for r in range(rounds):
-        for m, official in officials.items():
-            for i in range(per_round):
-                seconds, losses[m] = timed(official, batches[(r + i) % 2])
-                t_torch[m].append(seconds)
-        t_jax += [runner.step() for _ in range(per_round)]
-    jax_ms = statistics.median(t_jax) * 1e3
-    out = {
-        "reference": str(path),
-        "device": device,
-        "device_name": torch.cuda.get_device_name(first.device) if first.device.type == "cuda" else "cpu",
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "detach": detach,
-        "rounds": rounds,
-        "steps_each": per_round * rounds,
-        "jax_ms_per_step": jax_ms,
-        "jax_ms_min": min(t_jax) * 1e3,
-        "load_average": os.getloadavg()[0],
-        "modes": {},
-    }
-    for m in modes:
-        torch_ms = statistics.median(t_torch[m]) * 1e3
-        out["modes"][m] = {
-            "torch_ms_per_step": torch_ms,
-            "torch_ms_min": min(t_torch[m]) * 1e3,
-            "speedup": torch_ms / jax_ms,  # > 1: ours is faster
-            "speedup_of_minima": min(t_torch[m]) / min(t_jax),
-            "losses": dict(zip(("d_loss", "g_loss"), losses[m])),
-        }
-    # The first variant's numbers also at the top level, as before variants existed.
-    out |= {k: v for k, v in out["modes"][modes[0]].items() if k != "losses"}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------- profile
-# Lines of a device plane that xprof derives from the kernels (they would count each kernel twice).
-DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework Ops", "Framework Name Scope", "Source code")
-
-
-def capture_profile(runner: Runner, directory: str, steps: int = 3) -> dict:
-    """A ``jax.profiler`` trace of ``steps`` more steps into ``directory``; then its kernels, summed by name, if
-    the trace can be read here (``jax.profiler.ProfileData``), else only where it was saved."""
-    import jax
-
-    root = pathlib.Path(directory).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    before = set(root.rglob("*.xplane.pb"))
-    times = []
-    try:
-        jax.profiler.start_trace(str(root))
-    except Exception as e:  # noqa: BLE001 -- e.g. no CUPTI: the timings measured so far stand
-        return {"dir": str(root), "steps": 0, "note": f"jax.profiler could not start ({type(e).__name__}: {e})"}
-    try:
-        for i in range(steps):
-            with jax.profiler.StepTraceAnnotation("train_step", step_num=i):
-                times.append(runner.step())
-    finally:
-        jax.profiler.stop_trace()
-    out = {"dir": str(root), "steps": steps, "ms_per_step_traced": statistics.median(times) * 1e3}
-    written = sorted(set(root.rglob("*.xplane.pb")) - before, key=lambda f: f.stat().st_mtime)
-    if not written:
-        out["note"] = f"jax.profiler wrote no .xplane.pb under {root}"
-        return out
-    out |= {"xplane": str(written[-1]), "xplane_bytes": written[-1].stat().st_size}
-    try:
-        out |= summarise_xplane(written[-1], steps)
-    except Exception as e:  # noqa: BLE001 -- any reader failure leaves the saved trace as the result
-        out["note"] = f"trace saved; not summarised here ({type(e).__name__}: {e})"
-    return out
-
-
-def summarise_xplane(path, steps: int, top: int = 15) -> dict:
-    from jax.profiler import ProfileData
-
-    return summarise_profile(ProfileData.from_file(str(path)), steps, top)
-
-
-def summarise_profile(data, steps: int, top: int = 15) -> dict:
-    """Kernel time per step by kernel name, from a ``jax.profiler.ProfileData``: the device planes' kernels
-    (GPU/TPU; on a GPU the per-stream lines, not the lines xprof derives from them), else XLA:CPU's ops (host
-    events that carry an ``hlo_op``)."""
-    planes = list(data.planes)
-    device = [p for p in planes if p.name.startswith("/device:")]
-    events = []  # (name, duration_ns, hlo_op)
-    if device:
-        source = ", ".join(p.name for p in device)
-        for plane in device:
-            lines = [ln for ln in plane.lines if not ln.name.startswith(DERIVED_LINES)]
-            streams = [ln for ln in lines if ln.name.startswith("Stream")]
-            for line in streams or lines:
-                for e in line.events:
-                    events.append((e.name, e.duration_ns, dict(e.stats).get("hlo_op")))
-    else:
-        source = "host threads' XLA ops (no device plane)"
-        for plane in planes:
-            for line in plane.lines:
-                for e in line.events:
-                    op = dict(e.stats).get("hlo_op")
-                    if op:
-                        events.append((e.name, e.duration_ns, op))
-    if not events:
-        return {"note": f"trace saved; it holds no kernel events ({len(planes)} planes)", "source": source}
-    total = sum(ns for _, ns, _ in events)
-    by_name: dict[str, list] = {}
-    for name, ns, op in events:
-        entry = by_name.setdefault(name, [0.0, 0, op])
-        entry[0] += ns
-        entry[1] += 1
-    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])
-    return {
-        "source": source,
-        "kernel_ms_per_step": total / steps / 1e6,
-        "kernels_per_step": len(events) / steps,
-        "top": [
-            {
-                "kernel": name,
-                "ms_per_step": ns / steps / 1e6,
-                "share": ns / total,
-                "calls_per_step": n / steps,
-                "hlo_op": op,
-            }
-            for name, (ns, n, op) in ranked[:top]
-        ],
-    }
-
-
-def profile_table(profile: dict) -> str:
-    """The summary as markdown (or the note saying why there is none)."""
-    lines = [f"Trace: `{profile.get('xplane') or profile.get('dir')}`"]
-    if "top" not in profile:
-        return "\n".join(lines + ["", profile.get("note", "not summarised")]) + "\n"
-    lines += [
-        f"Source: {profile['source']}; kernel time {profile['kernel_ms_per_step']:.2f} ms per step "
-        f"({profile['kernels_per_step']:.0f} kernels) against {profile['ms_per_step_traced']:.2f} ms per traced "
-        "step (wall clock).",
-        "",
-        "| kernel | ms/step | share | calls/step | e.g. HLO op |",
-        "|---|---|---|---|---|",
-    ]
-    for k in profile["top"]:
-        name = k["kernel"] if len(k["kernel"]) <= 90 else k["kernel"][:87] + "..."
-        lines.append(
-            f"| `{name}` | {k['ms_per_step']:.3f} | {100 * k['share']:.1f}% | {k['calls_per_step']:.1f} "
-            f"| {k['hlo_op'] or '-'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-# -------------------------------------------------------------------------------------------------------------- XLA
-def xla_options(args) -> list[str]:
-    """XLA flags named by the command line; GPU ones are accepted (and ignored) by XLA:CPU."""
-    flags = []
-    if args.xla_autotune_level is not None:
-        flags.append(f"--xla_gpu_autotune_level={args.xla_autotune_level}")
-    if args.xla_autotune_cache:
-        path = pathlib.Path(args.xla_autotune_cache).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        flags.append(f"--xla_gpu_per_fusion_autotune_cache_dir={path}")
-    if args.xla_flags:
-        flags += args.xla_flags.split()
-    return flags
-
-
-def apply_xla_options(args) -> None:
-    """XLA_FLAGS before the backend starts (they are read once, then), and the persistent compilation cache."""
-    flags = xla_options(args)
-    if flags:
-        try:  # private API: only for a warning
-            from jax._src import xla_bridge
-
-            started = xla_bridge.backends_are_initialized()
-        except Exception:  # noqa: BLE001
-            started = False
-        if started:
-            print("[throughput] warning: jax already started; XLA flags not applied", file=sys.stderr)
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
-    if args.compilation_cache:
-        import jax
-
-        path = pathlib.Path(args.compilation_cache).expanduser().resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def xla_settings() -> dict:
-    import jax
-
-    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "compilation_cache": jax.config.jax_compilation_cache_dir}
-
-
-# ------------------------------------------------------------------------------------------------------------ sweep
-def sweep_grid(quick: bool, device_count: int, imgs=None, batches=None, dtypes=None) -> list[dict]:
-    """light/full x img x batch x dtype x devices ({1, all}); ``quick``: 256 px, batch 1 and 4, all devices."""
-    counts = [device_count] if quick else sorted({1, device_count})
-    imgs = imgs or ((256,) if quick else (128, 256))
-    batches = batches or ((1, 4) if quick else (1, 4, 16))
-    dtypes = dtypes or ("float32", "bfloat16")
-    return [
-        dict(light=light, img_size=img, batch_size=b, compute_dtype=dt, devices=n)
-        for light in (True, False)
-        for img in imgs
-        for b in batches
-        for dt in dtypes
-        for n in counts
-    ]
-
-
-def run_sweep(args, base_overrides: list[str]) -> None:
-    """Each combination runs in its own process: clean peak-memory counters, and an OOM cannot poison the rest."""
-    import jax
-
-    ints = lambda text: tuple(int(v) for v in text.split(",")) if text else None
-    dtypes = tuple(args.sweep_dtype.split(",")) if args.sweep_dtype else None
-    grid = sweep_grid(args.quick, jax.device_count(), ints(args.sweep_img), ints(args.sweep_batch), dtypes)
-    rows, results = [], []
-    for combo in grid:
-        n = combo.pop("devices")
-        result, note = sweep_one(args, combo, n, base_overrides)
-        rows.append((combo, n, result, note))
-        results += [result] if result else []
-        # Rewritten after every combination: a sweep cut short still leaves every finished row.
-        pathlib.Path(args.out).write_text(sweep_table(rows, args.config, base_overrides))
-        if args.json:
-            pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
-    print(sweep_table(rows, args.config, base_overrides))
-
-
-def sweep_one(args, combo: dict, n: int, base_overrides: list[str]) -> tuple[dict | None, str]:
-    """One combination in a fresh process: (its result, "") or (what it had measured or None, why not)."""
-    label = f"{'light' if combo['light'] else 'full'} {combo['img_size']}px b{combo['batch_size']} "
-    label += f"{combo['compute_dtype']} x{n}"
-    if combo["batch_size"] % n:
-        return None, f"skipped: batch not divisible by {n} devices"
-    overrides = base_overrides + [f"{k}={v}" for k, v in combo.items()]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp) / "r.json"
-        cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps)]
-        cmd += ["--warmup", str(args.warmup), "--devices", str(n), "--json", str(out)]
-        cmd += pass_through_options(args)
-        cmd += [f"--config.{o}" for o in overrides]
-        print(f"[sweep] {label} ...", flush=True)
-        result, note, _ = run_row(cmd, out, args.combo_timeout)
-    if not note:
-        print(f"[sweep] {label}: {result['ms_per_step']:.1f} ms/step, compile {result['compile_s']:.1f}s", flush=True)
-        return result, ""
-    print(f"[sweep] {label}: {note}", flush=True)
-    return result, note if note.startswith("timed out") else f"skipped: {note}"
-
-
-def pass_through_options(args) -> list[str]:
-    """This process's XLA options, for the sweep's child processes."""
-    out = []
-    if args.xla_autotune_level is not None:
-        out += ["--xla-autotune-level", str(args.xla_autotune_level)]
-    for flag, value in (
-        ("--xla-autotune-cache", args.xla_autotune_cache),
-        ("--xla-flags", args.xla_flags),
-        ("--compilation-cache", args.compilation_cache),
-    ):
-        if value:
-            out.append(f"{flag}={value}")  # one word: a value like "--xla_gpu_..." is not taken for an option
-    return out
-
-
-PHASE_WORDS = {
-    "setup": "building the model",
-    "tracing": "tracing",
-    "lowering": "lowering",
-    "compiling": "compiling",
-    "compiled": "analysing the compiled step",
-    "timing": "timing our step",
-    "timed": "timing our step",
-    "torch": "timing the official step",
-    "profiling": "profiling",
-}
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """End a row's process and everything it started (it runs in its own session)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def run_row(cmd: list[str], json_path, timeout: float, log_path=None, env=None) -> tuple[dict | None, str, float]:
-    """Run one benchmark command in its own process group with a time limit.
-
-    Returns (its JSON: complete, or partial as far as it got, or None; a note: "" when it finished, else why not,
-    e.g. "timed out after 170 s while compiling"; the seconds it ran). Output goes to ``log_path`` (default: a
-    temporary file); its last line explains a failure.
-    """
-    json_path = pathlib.Path(json_path)
-    json_path.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        log_file = pathlib.Path(log_path or pathlib.Path(tmp) / "row.log")
-        t0 = time.perf_counter()
-        with open(log_file, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-            try:
-                rc = proc.wait(timeout=max(timeout, 0.1))
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-                rc = None
-            except BaseException:  # the caller is being stopped: take the row down with it
-                kill_group(proc)
-                raise
-        seconds = time.perf_counter() - t0
-        text = log_file.read_text(errors="replace")
-    result = None
-    if json_path.is_file():
-        try:
-            result = json.loads(json_path.read_text())
-        except json.JSONDecodeError:
-            result = None
-    if rc is None:
-        phase = (result or {}).get("phase")
-        note = f"timed out after {timeout:.0f} s" + (f" while {PHASE_WORDS.get(phase, phase)}" if phase else "")
-        return result, note, seconds
-    if rc == 0 and result and result.get("phase") == "done":
-        return result, "", seconds
-    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-        return result, "does not fit in device memory", seconds
-    tail = [ln for ln in text.strip().splitlines() if ln.strip() and not ln.startswith("[throughput]")][-1:]
-    why = tail[0].strip()[:160] if tail else f"exit status {rc}, no output"
-    return result, why if rc else f"no result written ({why})", seconds
-
-
-def _fmt(x, spec):
-    return format(x, spec) if x is not None else "-"
-
-
-def sweep_table(rows, config_path: str, overrides: list[str]) -> str:
-    import jax
-
-    head = [
-        f"# Train-step throughput sweep: {jax.devices()[0].device_kind} ({jax.device_count()} device(s))",
-        "",
-        f"Base config `{config_path}` {' '.join('--config.' + o for o in overrides)}; ch and n_res from it. "
-        "ms/step is the median of the timed steps; images/s counts both domains; TFLOP/s and MFU per device "
-        "from XLA's cost analysis against the dense peak of the compute dtype; memory is XLA's compiled estimate "
-        "(arguments + outputs - donated + temporaries) and the device's peak where it reports one.",
-        "",
-        "| model | img | batch | dtype | devices | ms/step | images/s | compile s | TFLOP/s | MFU | est. mem GiB "
-        "| peak mem GiB | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    gib = lambda b: b / 2**30 if b else None
-    lines = []
-    for combo, n, r, note in rows:
-        model = "light" if combo["light"] else "full"
-        cells = [model, combo["img_size"], combo["batch_size"], combo["compute_dtype"], n]
-        if r:  # complete, or partial (a row that ran out of time after compiling)
-            est = (r.get("memory_analysis") or {}).get("estimated_peak_bytes")
-            phases = [r.get(k) for k in ("trace_s", "lower_s", "compile_s")]
-            mfu = r.get("mfu")
-            cells += [
-                _fmt(r.get("ms_per_step"), ".1f"),
-                _fmt(r.get("images_per_s"), ".1f"),
-                _fmt(sum(phases) if None not in phases else None, ".1f"),
-                _fmt(r.get("achieved_tflops_per_device"), ".2f"),
-                _fmt(100 * mfu if mfu is not None else None, ".1f") + ("%" if mfu else ""),
-                _fmt(gib(est), ".2f"),
-                _fmt(gib(r.get("peak_memory_bytes")), ".2f"),
-                note,
-            ]
-        else:
-            cells += ["-"] * 7 + [note]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(head + lines) + "\n"
-
-
 # ------------------------------------------------------------------------------------------------------------- main
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ugatit_jax.cli import Parser
+
+    p = Parser(prog="throughput.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "light.py"), help="a configs/*.py file")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
@@ -845,6 +411,8 @@ def parse_args(argv):
         if not item.startswith("--config."):
             p.error(f"unrecognised argument {item}")
         overrides.append(item[len("--config.") :])
+    if args.devices is not None and args.devices < 1:
+        p.error(f"--devices {args.devices}: give a device count of at least 1")
     args.torch_modes = tuple(m for m in args.torch_modes.split(",") if m)
     unknown = [m for m in args.torch_modes if m not in TORCH_MODES]
     if unknown:
@@ -867,6 +435,7 @@ def main(argv=None) -> None:
 
         torch_reference.import_official(args.torch_reference, config.model)
         torch_reference.check_detach(config.model, args.torch_detach)
+    devices_and_mesh(config, args.devices)  # a device count or batch that cannot work: one line, before any phase
     progress = Progress(args.json)
     if args.compile_only:
         result = compile_only(config, args.devices, progress)

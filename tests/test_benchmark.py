@@ -16,7 +16,10 @@ SCRIPT = ROOT / "benchmarks" / "throughput.py"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_suite  # noqa: E402
+import profile_summary  # noqa: E402
+import sweep  # noqa: E402
 import throughput  # noqa: E402
+import torch_compare  # noqa: E402
 import torch_reference  # noqa: E402
 
 TINY = [
@@ -66,14 +69,14 @@ def test_xla_and_torch_options():
         ["--xla-autotune-level", "0", "--xla-flags=--xla_gpu_enable_triton_gemm=false", "--config.ch=8",
          "--torch-modes", "float32,autocast_bf16"]
     )  # fmt: skip
-    assert throughput.xla_options(args) == ["--xla_gpu_autotune_level=0", "--xla_gpu_enable_triton_gemm=false"]
+    assert sweep.xla_options(args) == ["--xla_gpu_autotune_level=0", "--xla_gpu_enable_triton_gemm=false"]
     assert overrides == ["ch=8"] and args.torch_modes == ("float32", "autocast_bf16")
     passed = ["--xla-autotune-level", "0", "--xla-flags=--xla_gpu_enable_triton_gemm=false"]
-    assert throughput.pass_through_options(args) == passed
+    assert sweep.pass_through_options(args) == passed
     assert throughput.parse_args(passed)[0].xla_flags == args.xla_flags
     with pytest.raises(SystemExit):
         throughput.parse_args(["--torch-modes", "float16"])
-    assert throughput.torch_device_for("cuda:1", "cpu") == "cuda:1"
+    assert torch_compare.torch_device_for("cuda:1", "cpu") == "cuda:1"
 
 
 def test_profile_summary_counts_device_kernels_once():
@@ -92,12 +95,12 @@ def test_profile_summary_counts_device_kernels_once():
       event_metadata {{ key: 2 value {{ id: 2 name: "loop_fusion" }} }}
       stat_metadata {{ key: 10 value {{ id: 10 name: "hlo_op" }} }} }}
     planes {{ id: 2 name: "/host:CPU" }}"""
-    s = throughput.summarise_profile(ProfileData.from_text_proto(trace), steps=2)
+    s = profile_summary.summarise_profile(ProfileData.from_text_proto(trace), steps=2)
     assert s["source"] == "/device:GPU:0" and s["kernel_ms_per_step"] == pytest.approx(0.004)
     assert [k["kernel"] for k in s["top"]] == ["cudnn_conv_kernel", "loop_fusion"]
     assert s["top"][0]["share"] == pytest.approx(0.75) and s["top"][0]["calls_per_step"] == 1
     assert s["top"][0]["hlo_op"] == "convolution.1"
-    table = throughput.profile_table(s | {"xplane": "t.xplane.pb", "ms_per_step_traced": 0.01})
+    table = profile_summary.profile_table(s | {"xplane": "t.xplane.pb", "ms_per_step_traced": 0.01})
     assert "| `cudnn_conv_kernel` | 0.003 | 75.0% | 1.0 | convolution.1 |" in table
 
 
@@ -105,13 +108,13 @@ def test_run_row_reports_timeouts_failures_and_results(tmp_path):
     """A row is one process with a time limit: what it measured before the limit is kept, with the phase."""
     out = tmp_path / "r.json"
     slow = ["sh", "-c", f"""echo '{{"phase": "compiling", "trace_s": 1.5}}' > {out}; exec sleep 60"""]
-    result, note, seconds = throughput.run_row(slow, out, timeout=5)
+    result, note, seconds = sweep.run_row(slow, out, timeout=5)
     assert note == "timed out after 5 s while compiling" and result["trace_s"] == 1.5 and seconds < 30
     write = "import json, sys; open(sys.argv[1], 'w').write(json.dumps({'phase': 'done', 'trace_s': 1.5}))"
     broken = [sys.executable, "-c", "import sys; print('[throughput] setup'); sys.exit('no such device')"]
-    assert throughput.run_row(broken, out, timeout=60)[:2] == (None, "no such device")
+    assert sweep.run_row(broken, out, timeout=60)[:2] == (None, "no such device")
     fine = [sys.executable, "-c", write, str(out)]
-    assert throughput.run_row(fine, out, timeout=60)[:2] == ({"phase": "done", "trace_s": 1.5}, "")
+    assert sweep.run_row(fine, out, timeout=60)[:2] == ({"phase": "done", "trace_s": 1.5}, "")
 
 
 def test_config_overrides_are_typed():
@@ -124,15 +127,15 @@ def test_config_overrides_are_typed():
 
 
 def test_sweep_grid_and_table():
-    full = throughput.sweep_grid(quick=False, device_count=8)
+    full = sweep.sweep_grid(quick=False, device_count=8)
     assert len(full) == 2 * 2 * 3 * 2 * 2  # light/full x img x batch x dtype x {1, 8} devices
-    quick = throughput.sweep_grid(quick=True, device_count=1)
+    quick = sweep.sweep_grid(quick=True, device_count=1)
     assert {(c["light"], c["img_size"]) for c in quick} == {(True, 256), (False, 256)}
     combo = dict(light=True, img_size=128, batch_size=4, compute_dtype="float32")
     result = {"ms_per_step": 10.0, "images_per_s": 800.0, "trace_s": 1, "lower_s": 1, "compile_s": 3,
               "achieved_tflops_per_device": 1.5, "mfu": 0.25, "memory_analysis": {"estimated_peak_bytes": 2**30},
               "peak_memory_bytes": None}  # fmt: skip
-    table = throughput.sweep_table([(combo, 1, result, ""), (combo, 8, None, "skipped: does not fit")], "c.py", [])
+    table = sweep.sweep_table([(combo, 1, result, ""), (combo, 8, None, "skipped: does not fit")], "c.py", [])
     assert "| light | 128 | 4 | float32 | 1 | 10.0 | 800.0 | 5.0 | 1.50 | 25.0% | 1.00 | - |  |" in table
     assert "skipped: does not fit" in table
 
@@ -244,3 +247,18 @@ def test_a_wrong_official_checkout_is_one_line_before_compiling(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("throughput.py: error: --torch-reference") and "NICE-GAN-pytorch" in lines[0]
+
+
+def test_no_script_ends_bad_input_with_a_message_exit():
+    """The benchmarks and scripts report bad input as an ``errors.ExpectedError`` (``cli.run_script`` prints its
+    one line), never ``raise SystemExit("message")``: one convention for every entry point."""
+    import ast
+
+    found = []
+    for path in sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            call = node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(call, ast.Call) and ast.unparse(call.func) == "SystemExit":
+                if call.args and not (isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, int)):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

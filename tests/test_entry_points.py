@@ -47,6 +47,10 @@ ENTRY_POINTS = {
         ["describe", "--dataset", "bogus"],
         ["describe", "--dataset", "folder", "--dataset-dir", MISSING],
     ]),
+    "plan": ("ugatit_jax/plan.py", "python -m ugatit_jax.plan", [
+        ["--devices", "x"],
+        ["--config", MISSING],
+    ]),
     "gallery": ("scripts/gallery.py", "scripts/gallery.py", [
         ["--count", "x"],
         ["--model", MISSING],

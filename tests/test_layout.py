@@ -25,7 +25,7 @@ LAYERS = (
     ("interop.onnx_export",),  # converts a loaded Translator
     ("cli",),  # the commands' one convention
     ("training",),  # the driver of training (the loop and its pieces): train.py's alone
-    ("", "translate", "evaluate", "export", "report", "launch", "data.__main__"),  # the API and the commands
+    ("", "translate", "evaluate", "export", "report", "launch", "plan", "data.__main__"),  # the API and the commands
 )
 DRIVER = "training"
 

@@ -1,13 +1,17 @@
 """config.shard_state: parameters and both Adam states split over 8 fake devices; equal to the replicated run,
 and checkpoints move between the two layouts."""
 
+import contextlib
+
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 from tiny import random_model, tiny_config
 
+from ugatit_jax.nn import layers
 from ugatit_jax.train import optim, parallel
 from ugatit_jax.train import state as train_state
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like
@@ -106,3 +110,32 @@ def test_checkpoint_moves_between_layouts(runs, batches, saved_sharded):
     chex.clear_trace_counter()
     state, losses = _train(state, target["step"], batches[1:], mesh)
     _assert_close(state, losses, source["state"], source["losses"][1:], config)
+
+
+def test_wide_layer_runs_where_its_kernel_lies():
+    """The full model's MLP layer reads the whole feature map (4194304 x 256 weights at 512 px). With its kernel
+    split along the input features, the sharded step (``parallel.split_wide_layers``) moves the layer's input
+    there instead of gathering the kernel on every device: same values and gradients, no whole kernel anywhere."""
+    from flax import nnx
+
+    mesh = parallel.make_mesh()
+    graphdef, params = nnx.split(nnx.Linear(1024, 16, use_bias=False, rngs=nnx.Rngs(0)))
+    split = jax.sharding.NamedSharding(mesh, parallel.shard_spec((1024, 16), 8))
+    params = jax.device_put(params, split)  # (128, 16) per device
+    h = jax.device_put(np.random.default_rng(0).standard_normal((16, 1024), np.float32), parallel.batch_sharding(mesh))
+
+    def loss(params, h):
+        return jnp.sum(jnp.tanh(layers.wide_layer(nnx.merge(graphdef, params), h)) ** 2)
+
+    def run(layout):
+        step = jax.jit(jax.value_and_grad(loss), out_shardings=(parallel.replicated(mesh), split))
+        with layout:
+            compiled = step.lower(params, h).compile()
+        return compiled(params, h), compiled.as_text()
+
+    (value, grads), plain = run(contextlib.nullcontext())
+    (split_value, split_grads), text = run(parallel.split_wide_layers(mesh))
+    np.testing.assert_allclose(split_value, value, rtol=1e-6)
+    np.testing.assert_allclose(split_grads["kernel"], grads["kernel"], rtol=1e-5, atol=1e-5)  # summation order
+    assert any("all-gather" in line and "f32[1024,16]" in line for line in plain.splitlines())  # what it replaces
+    assert not [line for line in text.splitlines() if "f32[1024,16]" in line], "a whole kernel on one device"

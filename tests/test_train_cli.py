@@ -56,6 +56,7 @@ def _fails_cleanly(workdir, *flags, devices=1, expect=""):
         (["--config.img_size=30"], 1, "config.img_size"),
         (["--config.batch_size=3"], 2, "config.batch_size"),
         (["--config.gan_type=wgan"], 1, "config.gan_type"),
+        (["--config.device_memory=lots"], 1, "config.device_memory='lots': must be a memory size"),
         (["--config.dataset=folder", "--config.dataset_dir=/nonexistent/data"], 1, "/nonexistent/data"),
         (["--config", "/nonexistent/config.py"], 1, "--config=/nonexistent/config.py: cannot load it"),
     ],

@@ -79,6 +79,21 @@ def parse_config_flags(flag_values, argv: list[str]) -> None:
         ) from None
 
 
+def load_config(path: str, overrides: list[str], prog: str = "config"):
+    """``get_config()`` of a config file plus ``key=value`` overrides, read by ml_collections as train.py reads its
+    flags (typed by the file's values, the config locked); bad input is a ``UsageError``."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = [prog, f"--config={path}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv, lock_config=True)
+    with warnings.catch_warnings():  # ml_collections loads the file with importlib's deprecated load_module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        parse_config_flags(values, argv)
+    return values.config
+
+
 def add_run_or_pretrained(parser: argparse.ArgumentParser) -> None:
     """The model flags of ``evaluate`` and ``export`` (checked by ``check_run_or_pretrained``)."""
     parser.add_argument("--workdir", help="a train.py run folder")
@@ -155,19 +170,9 @@ def exit_with(status: int) -> NoReturn:
 
 
 def run_script(prog: str, main: Callable[[], int | None]) -> NoReturn:
-    """Runs the ``main()`` of a script (the benchmarks, scripts/) as its whole process, under ``reported``. A
-    ``SystemExit("message")`` (what ``benchmarks/throughput.py`` still raises for bad input) is reported as a
-    ``UsageError``."""
-
-    def run() -> int | None:
-        try:
-            return main()
-        except SystemExit as e:
-            if isinstance(e.code, str):
-                raise UsageError(e.code) from None
-            raise
-
-    exit_with(reported(prog, run))
+    """Runs the ``main()`` of a script (the benchmarks, scripts/) as its whole process, under ``reported``: bad
+    input is an ``errors.ExpectedError`` there as everywhere (no ``SystemExit("message")``)."""
+    exit_with(reported(prog, main))
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv=None) -> int:

@@ -7,6 +7,7 @@ with a message naming the option, so a typo fails before any compilation.
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 
@@ -45,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ~1/N of the state's memory per device for some all-gather traffic; same results. Checkpoints move freely
     # between both.
     c.shard_state = False
+    # Memory per device the run may plan for, e.g. "16GiB", "80GB", "1.5e10" (bytes): before the first step the
+    # compiled step's need is checked against it, and a run that would not fit stops naming a variant that does.
+    # "" = what a GPU or TPU reports (a CPU reports none: no check); the UGATIT_DEVICE_MEMORY variable also sets it.
+    c.device_memory = ""
 
     # Data.
     c.dataset = "folder"  # "emoji" (embedded), "folder" (root/{trainA,...,testB}), "tfds", "synthetic"
@@ -93,6 +98,26 @@ def base_config() -> ml_collections.ConfigDict:
     # never completes; 0 = off. Must outlast the longest evaluation, sample strip or checkpoint save.
     c.stall_timeout = 600.0
     return c
+
+
+# Units of a memory size: decimal with a B (GB = 10**9), binary with an iB (GiB = 2**30); a bare K, M, G, T counts
+# binary, as nvidia-smi and container limits do.
+_SIZE_UNITS = {"": 1, "b": 1} | {
+    form.format(p): base**power
+    for power, p in enumerate("kmgt", start=1)
+    for form, base in (("{}", 1024), ("{}ib", 1024), ("{}b", 1000))
+}
+
+
+def parse_size(text) -> int:
+    """Bytes in a memory size such as ``"16GiB"``, ``"80GB"``, ``"16G"`` (= GiB) or ``"1.5e10"`` (bytes).
+
+    Raises ValueError whose message says what is accepted."""
+    match = re.fullmatch(r"\s*(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match and _SIZE_UNITS.get(match[2].lower())
+    if not unit or not 0 < float(match[1]) * unit < 2**63:
+        raise ValueError(f"{text!r} is not a memory size; give one such as 16GiB, 80GB or 1.5e10 (bytes)")
+    return int(float(match[1]) * unit)
 
 
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
@@ -168,8 +193,17 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int | None = None) -
     need(c.stall_timeout >= 0, "stall_timeout", "must be >= 0 seconds (0 = off)")
     need(c.emoji_limit >= 0, "emoji_limit", "must be >= 0")
     need(c.crop_margin >= 0, "crop_margin", "must be >= 0 (0 = resize only, no random crop)")
+    need(_is_size(c.get("device_memory", "")), "device_memory", "must be a memory size such as 16GiB or 80GB")
     need(
         not c.init_checkpoint or os.path.isfile(os.path.expanduser(c.init_checkpoint)),
         "init_checkpoint",
         "file not found",
     )
+
+
+def _is_size(text: str) -> bool:
+    """Whether ``text`` is empty (the device's own report) or a size ``parse_size`` reads."""
+    try:
+        return text == "" or parse_size(text) > 0
+    except ValueError:
+        return False

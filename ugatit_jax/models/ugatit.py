@@ -113,10 +113,10 @@ class AdaILNGenerator(nnx.Module):
     def decode(self, x: jax.Array) -> jax.Array:
         """Feature map (B, H/4, W/4, 4ch) -> image (B, H, W, out_ch) in [-1, 1], float32."""
         if self.light:
-            h = jnp.mean(x, axis=(1, 2))  # (B, 4ch)
+            h = self.fc1(jnp.mean(x, axis=(1, 2)))  # (B, 4ch)
         else:
-            h = x.reshape(x.shape[0], -1)  # (B, H/4 * W/4 * 4ch), (h, w, c) order
-        h = jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(h))))
+            h = layers.wide_layer(self.fc1, x.reshape(x.shape[0], -1))  # (B, H/4 * W/4 * 4ch) -> (B, 4ch)
+        h = jax.nn.relu(self.fc2(jax.nn.relu(h)))
         gamma, beta = self.gamma(h), self.beta(h)  # (B, 4ch) each
         call = self._block_call()
         for block in self.adailn_blocks:

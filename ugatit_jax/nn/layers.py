@@ -9,7 +9,10 @@ kernel and bias); we use the same so that training from scratch behaves like the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +83,34 @@ def linear(in_features: int, out_features: int, *, use_bias: bool, dtype, rngs: 
         bias_init=torch_bias_init(in_features),
         rngs=rngs,
     )
+
+
+# How a wide fully-connected layer runs over devices while a step is traced (``wide_layer_layout``); None: as the
+# compiler decides.
+_WIDE_LAYER_LAYOUT: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("wide_layer_layout", default=None)
+
+
+@contextlib.contextmanager
+def wide_layer_layout(layout: Callable[[nnx.Linear, jax.Array], jax.Array]):
+    """While tracing inside, ``wide_layer(layer, h)`` returns ``layout(layer, h)`` instead of ``layer(h)``.
+
+    The full model's MLP reads the whole flattened feature map (a kernel of 1.07 billion weights per generator
+    at 512 px). With that kernel split over the devices along its input features, the compiler left to itself
+    gathers the whole kernel on every device for the product and computes every weight's gradient in full before
+    reducing it; moving the layer's (small) input to the kernel's layout instead keeps every kernel-sized array
+    split. The train step sets the layout (``parallel.split_wide_layers``); anywhere else this changes nothing."""
+    token = _WIDE_LAYER_LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _WIDE_LAYER_LAYOUT.reset(token)
+
+
+def wide_layer(layer: nnx.Linear, h: jax.Array) -> jax.Array:
+    """``layer(h)`` for a fully-connected layer whose input (B, features) is wide, laid out as
+    ``wide_layer_layout`` says; outside it, exactly ``layer(h)``."""
+    layout = _WIDE_LAYER_LAYOUT.get()
+    return layer(h) if layout is None else layout(layer, h)
 
 
 def upsample_nearest2x(x: jax.Array) -> jax.Array:

@@ -2,15 +2,17 @@
 
 ``train_and_evaluate(config, workdir)`` is the whole job; ``train.py`` only parses flags. Re-running with the
 same workdir resumes from the latest checkpoint (state, optimiser, spectral-norm vectors, step and the data
-pipeline's position), so an interrupted run ends with the same parameters as an uninterrupted one. The run's
-model family and learning-rate schedule are resolved here, once, and handed to the pieces beside this module: the
-step memo (``steps``), the sample strips (``samples``), the evaluation (``evaluation_hook``), the TensorBoard
-events (``summaries``) and the stop signals (``signals``).
+pipeline's position), so an interrupted run ends with the same parameters as an uninterrupted one. Where the
+devices' memory is known, a step that would not fit stops the run before anything is built (``train.memory``).
+The run's model family and learning-rate schedule are resolved here, once, and handed to the pieces beside this
+module: the step memo (``steps``), the sample strips (``samples``), the evaluation (``evaluation_hook``), the
+TensorBoard events (``summaries``) and the stop signals (``signals``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -29,7 +31,7 @@ from ugatit_jax.errors import ExpectedError
 from ugatit_jax.evaluation.evaluator import format_table
 from ugatit_jax.interop import torch_import
 from ugatit_jax.models.family import build_model, get_family
-from ugatit_jax.train import optim, parallel, workdir_lock
+from ugatit_jax.train import memory, optim, parallel, workdir_lock
 from ugatit_jax.train.checkpoints import Checkpointer, abstract_like, disk_errors, host_data_state
 from ugatit_jax.train.optim import make_optimizers
 from ugatit_jax.train.state import abstract_train_state, create_train_state, ema_names
@@ -118,12 +120,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     is_chief = jax.process_index() == 0
 
     mesh = parallel.make_mesh()
+    family, schedule = get_family(config), optim.schedule_of(config)  # the run's, resolved once
+    g_tx, d_tx = make_optimizers(config, schedule)
+    run_step = functools.partial(jitted_step, family=family, schedule=schedule)
+    # Where the devices' memory is known, a step that cannot fit stops here: before the model, the data, the
+    # checkpoints. The step it compiles is the run's (kept by the step memo for the first step).
+    memory.preflight(config, mesh, run_step, (g_tx, d_tx))
     source = data_lib.get_source(config)
     train_iter = data_lib.make_train_iterator(source, **data_lib.config_options(config))
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
-    family, schedule = get_family(config), optim.schedule_of(config)  # the run's, resolved once
-    g_tx, d_tx = make_optimizers(config, schedule)
     if resuming:
         # The checkpoint holds every array: shapes only, no random initialisation (seconds of every restart).
         graphdefs, state = abstract_train_state(config, g_tx, d_tx)
@@ -145,7 +151,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = parallel.place_state(state, state_shardings)
     start = int(jax.device_get(state.step))
 
-    step_fn = jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings, family=family, schedule=schedule)
+    step_fn = run_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings)
     batches = data_lib.prefetch_to_device(train_iter, parallel.batch_sharding(mesh), size=config.prefetch)
     writer = SummaryWriter(run_dir.entry(workdir, run_dir.TENSORBOARD), enabled=is_chief)
     sampler = Sampler(config, family, source, graphdefs, workdir) if is_chief else None

@@ -1,5 +1,5 @@
-"""The run's train step: the pure step of its model family, jitted over the mesh and kept per setup (the step
-memo), so a process that trains the same setup again neither traces nor compiles it."""
+"""The run's train step: the pure step of its model family (``train.family_step.make_step``), jitted over the mesh
+and kept per setup (the step memo), so a process that trains the same setup again neither traces nor compiles it."""
 
 from __future__ import annotations
 
@@ -7,26 +7,11 @@ import os
 
 import jax
 
-from ugatit_jax.models.family import ARCHITECTURE_KEYS, Family, get_family
-from ugatit_jax.train import losses, optim, parallel
-from ugatit_jax.train.nice_step import make_nice_train_step
-from ugatit_jax.train.step import make_train_step
-from ugatit_jax.train.updates import Optimisers
+from ugatit_jax.models.family import ARCHITECTURE_KEYS
+from ugatit_jax.train import parallel
+from ugatit_jax.train.family_step import make_step
 from ugatit_jax.xla import step_cache
 from ugatit_jax.xla.memo import remember
-
-
-def make_step(config, graphdefs, g_tx, d_tx, *, family: Family | None = None, schedule=None):
-    """The pure train step of the config's model family, with the config's loss weights. ``family`` and
-    ``schedule`` (the learning rate the step logs): the run's, resolved once from the config; derived from it
-    when absent."""
-    family = get_family(config) if family is None else family
-    schedule = optim.schedule_of(config) if schedule is None else schedule
-    optimisers = Optimisers(g_tx, d_tx, schedule, config.get("ema_decay", 0.0))
-    if family.name == "nice":
-        return make_nice_train_step(graphdefs, optimisers, losses.NICEObjective.from_config(config))
-    return make_train_step(graphdefs, optimisers, losses.UGATITObjective.from_config(config))
-
 
 # Every config key a run's train step program depends on: the model's, the batch's shape, and those make_step and
 # make_optimizers read (tests/test_train_step.py records the reads and checks this list).
@@ -46,7 +31,7 @@ def jitted_step(config, graphdefs, g_tx, d_tx, mesh, state_shardings, *, family=
     key = (tuple(config.get(k) for k in STEP_KEYS), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
 
     def make():
-        step_fn = make_step(config, graphdefs, g_tx, d_tx, family=family, schedule=schedule)
+        step_fn = make_step(config, graphdefs, g_tx, d_tx, mesh, family=family, schedule=schedule)
         jit_fn = lambda fn: parallel.jit_train_step(fn, mesh, state_sharding=state_shardings)
         cache_dir = jax.config.jax_compilation_cache_dir
         if not cache_dir:

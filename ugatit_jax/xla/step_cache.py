@@ -163,6 +163,12 @@ class ExportedStep:
 
         return self._jit_fn(step)
 
+    def lower(self, state, batch):
+        """The step ``__call__`` runs, lowered for ``state`` and ``batch`` (arrays or shapes with shardings)."""
+        if self._jitted is None:
+            self._jitted = self._build(state, batch)
+        return self._jitted.lower(state, batch)
+
     def __call__(self, state, batch):
         if self._jitted is None:
             self._jitted = self._build(state, batch)
