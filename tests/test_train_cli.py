@@ -1,6 +1,7 @@
 """train.py end to end: bad input fails cleanly; kill -9 / SIGTERM and resume reproduce an uninterrupted run.
 (A workdir in use and a full disk: test_train_faults.py.)"""
 
+import json
 import os
 import shutil
 import signal
@@ -239,3 +240,36 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     step, state, _ = _final_state(workdir)
     assert step == 2 and int(state.step) == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+
+
+# A tiny run (tiny_flags(iterations=4, checkpoint_every=2, ema_decay=0.9), one CPU device) written by commit f337551,
+# before the trainer, the run folder's code and the package layout were redesigned: its step-2 checkpoint and the
+# metrics of all four steps it trained. (The step-4 checkpoint is left out: the resume below recomputes it.)
+RUN_BEFORE_REDESIGN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_before_redesign")
+
+
+def test_a_run_written_before_the_redesign_loads_and_resumes(tmp_path):
+    """The current code loads that run's checkpoint and resumes it from step 2: steps 3 and 4 give the losses the
+    old code logged (same data order, same step)."""
+    from ugatit_jax import load
+
+    workdir = tmp_path / "old"
+    shutil.copytree(RUN_BEFORE_REDESIGN, workdir)
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+
+    model = load(str(workdir))
+    assert model.step == 2
+    image, _, _ = model.translate(np.zeros((1, 32, 32, 3), np.uint8), "A2B")
+    assert image.shape == (1, 32, 32, 3) and np.all(np.isfinite(image))
+
+    proc = _train(workdir, *tiny_flags(iterations=4, checkpoint_every=2, ema_decay=0.9))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resumed from" in err and "Traceback" not in err
+    resumed = {m["step"]: m for m in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(resumed) == [1, 2, 3, 4], "the resume should replace the lines after its checkpoint"
+    for old in logged[2:]:
+        for key in ("d_loss", "g_loss"):
+            np.testing.assert_allclose(resumed[old["step"]][key], old[key], rtol=1e-5, err_msg=f"step {old['step']}")
+    assert _final_state(workdir, ema_decay=0.9)[0] == 4
