@@ -137,3 +137,37 @@ def test_storage_error_messages(tmp_path):
     assert f"the last complete checkpoint is step 7 ({tmp_path}/checkpoints/7)" in str(error)
     quota = write_failure(OSError(errno.EDQUOT, "Disk quota exceeded"), str(tmp_path / "none"), "checkpoint 2")
     assert "Disk quota exceeded (EDQUOT);" in str(quota) and "there is no complete checkpoint yet" in str(quota)
+
+
+def test_a_dead_tensorboard_writer_raises_instead_of_blocking(tmp_path, monkeypatch):
+    """tensorboardX queues events (ten at most) for a writer thread; when a full disk kills that thread, the next
+    write must raise its error (the run then ends with its full-disk line), not wait forever for room in the queue
+    (a run on a full real filesystem hung so, now and then, before this)."""
+    import threading
+
+    from tensorboardX.event_file_writer import EventsWriter
+
+    from ugatit_jax.training import summaries
+
+    monkeypatch.setattr(summaries, "_stopped_by", [])
+    writer = summaries.SummaryWriter(str(tmp_path / "tb"), enabled=True)
+
+    def full(self, event_str):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EventsWriter, "_write_serialized_event", full)
+    raised = []
+
+    def log_steps():
+        try:
+            for step in range(100):  # 20 scalars a step: far more than the queue holds
+                writer.scalars(step, {f"loss_{i}": float(i) for i in range(20)})
+        except OSError as error:
+            raised.append(error)
+        writer.close()
+
+    worker = threading.Thread(target=log_steps, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "writing to a TensorBoard writer whose thread died blocked"
+    assert len(raised) == 1 and raised[0].errno == errno.ENOSPC, raised

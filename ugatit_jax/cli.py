@@ -161,11 +161,14 @@ def exit_with(status: int) -> NoReturn:
     """Ends a script's process with ``status``. After an error line, nothing more is printed: a failed checkpoint
     restore leaves Orbax's abandoned array reads behind, and on the way out Python would print each one's
     traceback ("Exception ignored in: <coroutine ...>"), tensorstore's callbacks would report errors of a closed
-    event loop through ``sys.excepthook``, or asyncio would log them. The error was said once; that is enough."""
+    event loop through ``sys.excepthook``, or asyncio would log them; a failed save leaves array writes never run,
+    whose coroutines warn "was never awaited" when collected at exit (``reported``'s ``catch_warnings`` has already
+    dropped the filter the checkpointer set for them). The error was said once; that is enough."""
     if status == 2:
         sys.unraisablehook = lambda unraisable: None
         sys.excepthook = lambda *exc_info: None
         logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")
     sys.exit(status)
 
 

@@ -1,7 +1,9 @@
 """TensorBoard event files through tensorboardX (no TensorFlow), written by process 0 only.
 
-tensorboardX is imported with torch hidden, and a full disk in its writer thread becomes one warning instead of
-a traceback in the middle of the run's own message.
+tensorboardX is imported with torch hidden. A full disk in its writer thread becomes one warning instead of a
+traceback in the middle of the run's own message, and the run's next write raises that error (the run then ends
+with its one full-disk line): tensorboardX hands events to the dead thread through a bounded queue, and the
+eleventh would block the run forever.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import traceback
 import numpy as np
 
 log = logging.getLogger("ugatit_jax")
+
+# The OSErrors that stopped a tensorboardX writer thread (``_quiet_event_thread_errors``), for the main thread.
+_stopped_by: list[OSError] = []
 
 
 def _tensorboardx_writer_class():
@@ -42,13 +47,25 @@ class SummaryWriter:
             _quiet_event_thread_errors()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._writer:
-            for key, value in values.items():
+        for key, value in values.items():  # checked per event: a log step holds more than the queue's ten
+            if self._writable():
                 self._writer.add_scalar(key, value, step)
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
-        if self._writer:
+        if self._writable():
             self._writer.add_image(tag, image, step, dataformats="HWC")
+
+    def _writable(self) -> bool:
+        """Whether there is a writer; raises the OSError that stopped its thread (events queued to a dead thread
+        would block once its queue is full), after abandoning the writer so that closing it cannot block either."""
+        if self._writer is None:
+            return False
+        if _stopped_by:
+            writer, self._writer = self._writer, None
+            for file_writer in (writer.all_writers or {}).values():
+                _abandon_events(getattr(file_writer, "event_writer", None))
+            raise _stopped_by[0]
+        return True
 
     def close(self) -> None:
         writer, self._writer = self._writer, None
@@ -75,6 +92,11 @@ def _quiet_event_thread_errors() -> None:
         frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
         if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
             log.warning("TensorBoard's event writer stopped: %s", args.exc_value)
+            _stopped_by.append(args.exc_value)
+            # An event put while this thread was failing may be waiting for room in its queue: make room.
+            with contextlib.suppress(Exception):
+                while True:
+                    args.thread._queue.get_nowait()
             return
         previous(args)
 
