@@ -149,7 +149,6 @@ def test_a_dead_tensorboard_writer_raises_instead_of_blocking(tmp_path, monkeypa
 
     from ugatit_jax.training import summaries
 
-    monkeypatch.setattr(summaries, "_stopped_by", [])
     writer = summaries.SummaryWriter(str(tmp_path / "tb"), enabled=True)
 
     def full(self, event_str):
@@ -171,3 +170,9 @@ def test_a_dead_tensorboard_writer_raises_instead_of_blocking(tmp_path, monkeypa
     worker.join(timeout=60)
     assert not worker.is_alive(), "writing to a TensorBoard writer whose thread died blocked"
     assert len(raised) == 1 and raised[0].errno == errno.ENOSPC, raised
+    # The error belonged to that writer alone: a new one (a later run in the same process) writes as usual.
+    monkeypatch.undo()
+    again = summaries.SummaryWriter(str(tmp_path / "tb2"), enabled=True)
+    again.scalars(0, {f"loss_{i}": float(i) for i in range(20)})
+    again.close()
+    assert any((tmp_path / "tb2").iterdir())

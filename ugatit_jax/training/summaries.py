@@ -18,8 +18,7 @@ import numpy as np
 
 log = logging.getLogger("ugatit_jax")
 
-# The OSErrors that stopped a tensorboardX writer thread (``_quiet_event_thread_errors``), for the main thread.
-_stopped_by: list[OSError] = []
+STOPPED_BY = "ugatit_stopped_by"  # the attribute of a tensorboardX writer thread that holds the error that ended it
 
 
 def _tensorboardx_writer_class():
@@ -60,11 +59,14 @@ class SummaryWriter:
         would block once its queue is full), after abandoning the writer so that closing it cannot block either."""
         if self._writer is None:
             return False
-        if _stopped_by:
-            writer, self._writer = self._writer, None
-            for file_writer in (writer.all_writers or {}).values():
-                _abandon_events(getattr(file_writer, "event_writer", None))
-            raise _stopped_by[0]
+        events = [getattr(w, "event_writer", None) for w in (self._writer.all_writers or {}).values()]
+        stopped_by = [getattr(getattr(e, "_worker", None), STOPPED_BY, None) for e in events]
+        error = next((e for e in stopped_by if e is not None), None)
+        if error is not None:
+            self._writer = None
+            for event_writer in events:
+                _abandon_events(event_writer)
+            raise error
         return True
 
     def close(self) -> None:
@@ -92,7 +94,7 @@ def _quiet_event_thread_errors() -> None:
         frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
         if isinstance(args.exc_value, OSError) and any("tensorboardX" in f.filename for f in frames):
             log.warning("TensorBoard's event writer stopped: %s", args.exc_value)
-            _stopped_by.append(args.exc_value)
+            setattr(args.thread, STOPPED_BY, args.exc_value)  # for the run's next write (SummaryWriter._writable)
             # An event put while this thread was failing may be waiting for room in its queue: make room.
             with contextlib.suppress(Exception):
                 while True:
