@@ -105,6 +105,7 @@ def test_ctrl_c_of_every_command_is_one_line_and_exit_130(tmp_path, tiny_image):
         "evaluate": ["--pretrained", "emoji", "--dataset-dir", str(tmp_path / "eval-data"), "--kid-subsets", "2"],
         "export": ["--pretrained", "emoji", "--direction", "A2B", "--output", str(out / "a2b.bin")],
         "report": ["--workdir", str(tmp_path / "no-run")],
+        "plan": ["--config", "configs/emoji.py", "--devices", "1"],
         "data": ["build", "--dataset", "emoji", "--dataset-dir", str(tmp_path / "data"), "--emoji-limit", str(LIMIT)],
     }
     procs = {name: _start(["-m", f"ugatit_jax.{name}", *args]) for name, args in commands.items()}
@@ -197,6 +198,29 @@ def test_run_cli_reports_ctrl_c_after_cleaning_up(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.run_script("bench.py", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
     assert exit_.value.code == 130 and capsys.readouterr().err == "bench.py: interrupted\n"
+
+
+# A command whose Ctrl-C landed in code an extension ran through PyRun_*: Python marks the interrupt unhandled and,
+# leaving a ``-m`` module, would end the process by SIGINT (-2) although the command caught it and wrote its line.
+_CAUGHT_INSIDE_PYRUN = """
+import ctypes, sys
+sys.argv, sys.orig_argv = ["-m"], [sys.executable, "-m", "ugatit_jax.report"]  # as runpy starts that command
+from ugatit_jax import cli  # the package records the command while it loads
+
+def run():
+    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # marks the interrupt unhandled
+    raise KeyboardInterrupt
+
+sys.exit(cli.reported("python -m ugatit_jax.report", run))
+"""
+
+
+def test_a_command_ends_with_130_where_python_would_end_it_by_sigint(tmp_path):
+    (tmp_path / "pyrun_command.py").write_text(_CAUGHT_INSIDE_PYRUN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]), XLA_FLAGS=subprocess_xla_flags())
+    proc = subprocess.run([sys.executable, "-m", "pyrun_command"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip().splitlines()[-1] == "python -m ugatit_jax.report: interrupted", proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

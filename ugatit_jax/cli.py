@@ -154,7 +154,9 @@ def reported(prog: str, run: Callable[[], int | None]) -> int:
                 fail_line(prog, error)
                 return 2
     except KeyboardInterrupt:
-        return interrupts.interrupted_line(prog)
+        status = interrupts.interrupted_line(prog)
+        interrupts.end_interrupted_command(status)  # a command's process ends here; a call returns
+        return status
 
 
 def exit_with(status: int) -> NoReturn:

@@ -1,11 +1,11 @@
 """Ctrl-C and kill -9 of a ``python -m ugatit_jax.<command>``; standard library only (imported first of all).
 
-Ctrl-C ends every command (translate, evaluate, export, report, data, launch) with one line
+Ctrl-C ends every command (translate, evaluate, export, report, data, launch, plan) with one line
 ``<prog>: interrupted`` on stderr and exit status 130, no traceback, at any moment: while the command still loads
 its modules (``install_while_loading``, run by the package's ``__init__`` before it imports JAX: that takes
 seconds) and while it runs (``cli.reported`` catches the ``KeyboardInterrupt``, so ``finally`` blocks clean up
-first). train.py is not a ``-m`` command and keeps its own handling (finish the step, save, exit 0; a second
-Ctrl-C ends it at once, through ``cli.reported`` too).
+first; ``end_interrupted_command`` then ends the process at once). train.py is not a ``-m`` command and keeps its
+own handling (finish the step, save, exit 0; a second Ctrl-C ends it at once, through ``cli.reported`` too).
 
 Worker processes die with their parent (``die_with_parent``), so a command killed with SIGKILL leaves none behind.
 """
@@ -20,9 +20,10 @@ import sys
 import threading
 
 STATUS = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
-COMMANDS = ("translate", "evaluate", "export", "report", "data", "launch")
+COMMANDS = ("translate", "evaluate", "export", "report", "data", "launch", "plan")
 _PR_SET_PDEATHSIG = 1
 _WATCH_S = 1.0
+_command: str | None = None  # this process's ``python -m ugatit_jax.<command>``, recorded while it starts
 
 
 def interrupted_line(prog: str) -> int:
@@ -62,9 +63,11 @@ def install_while_loading() -> None:
     """Ctrl-C while a ``python -m ugatit_jax.<command>`` loads: one line and exit 130, not an import's traceback.
 
     Does nothing outside such a command's start, or when SIGINT is ignored (``nohup``, a background job)."""
+    global _command
     prog = command_prog()
     if prog is None or threading.current_thread() is not threading.main_thread():
         return
+    _command = prog
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_while_loading(prog))
 
@@ -74,6 +77,25 @@ def raise_from_now_on() -> None:
     with contextlib.suppress(ValueError):  # not the main thread
         if getattr(signal.getsignal(signal.SIGINT), "while_loading", False):
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def end_interrupted_command(status: int = STATUS) -> None:
+    """In a ``python -m ugatit_jax.<command>`` process whose Ctrl-C was reported (its line written, its ``finally``
+    blocks run): exit now with ``status``, past Python's own shutdown, which can end the process otherwise: when
+    the signal landed in code an extension ran through ``PyRun_*``, Python ends itself by SIGINT on the way out
+    (status -2, not 130; ``PyRun_SimpleString("raise KeyboardInterrupt")`` in the command does it every time), and
+    tearing XLA down right after a Ctrl-C mid-compile can crash (SIGSEGV).
+    Elsewhere (a library call, pytest, train.py, a thread other than the main one) it does nothing."""
+    if _command is None or threading.current_thread() is not threading.main_thread():
+        return
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    os._exit(status)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
