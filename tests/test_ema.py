@@ -11,7 +11,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from tiny import random_model, tiny_config
+from tiny import RUN_EMA, random_model, run_config, tiny_config
 
 from ugatit_jax import load
 from ugatit_jax.config import ConfigError, validate
@@ -21,18 +21,19 @@ from ugatit_jax.train.checkpoints import Checkpointer, CheckpointError, abstract
 from ugatit_jax.train.updates import ema_decay_at
 from ugatit_jax.training import steps
 
-DECAY = 0.9
+DECAY = RUN_EMA["ema_decay"]
 
 
 def _batch(seed):
     rng = np.random.default_rng(seed)
-    return {d: rng.integers(0, 256, (2, 32, 32, 3), np.uint8) for d in ("A", "B")}
+    return {d: rng.integers(0, 256, (8, 32, 32, 3), np.uint8) for d in ("A", "B")}
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """(config, initial state, state after 2 steps) of the tiny model with EMA, on one device."""
-    config = tiny_config(ema_decay=DECAY)
+    """(config, initial state, state after 2 steps) of the tiny model with EMA, on one device (batch 8: the
+    1-device program of test_train_step.test_eight_devices_match_one)."""
+    config = run_config()
     g_tx, d_tx = optim.make_optimizers(config)
     graphdefs, state = train_state.create_train_state(
         random_model(config), g_tx, d_tx, ema=train_state.ema_names(config)
@@ -128,7 +129,7 @@ def test_load_translates_with_the_average(trained, tmp_path):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(jax.tree.leaves(raw.state[name][0]), jax.tree.leaves(states[2].params[name])):
             np.testing.assert_array_equal(a, b)
-    images = _batch(5)["A"]
+    images = _batch(5)["A"][:2]
     image_avg = np.asarray(averaged.translate(images, "A2B")[0])
     image_raw = np.asarray(raw.translate(images, "A2B")[0])
     assert image_avg.shape == image_raw.shape == (2, 32, 32, 3)

@@ -659,7 +659,7 @@ def test_wrong_coordinator_address(tmp_path):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(i),
             "JAX_PLATFORMS": "cpu",
-            "UGATIT_INIT_TIMEOUT": "10",
+            "UGATIT_INIT_TIMEOUT": "5",
         }
         procs.append(_start([sys.executable, *_train_cmd(tmp_path / "run")], env=env))
     t = time.perf_counter()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from tiny import random_model, tiny_config
+from tiny import random_model, run_config, tiny_config
 
 from ugatit_jax.nn import layers
 from ugatit_jax.train import optim, parallel
@@ -33,7 +33,8 @@ def _setup(config, shard, mesh):
     config = tiny_config(**{**config.to_dict(), "shard_state": shard})
     g_tx, d_tx = optim.make_optimizers(config)
     # random_model: the construction traced once for all four set-ups (the random init's program traced each time)
-    graphdefs, state = train_state.create_train_state(random_model(config), g_tx, d_tx)
+    ema = train_state.ema_names(config)
+    graphdefs, state = train_state.create_train_state(random_model(config), g_tx, d_tx, ema=ema)
     shardings = parallel.state_shardings(state, mesh, shard)
     # the trainer's step: the replicated one is the program of the other 8-device tests (compiled once)
     step = steps.jitted_step(config, graphdefs, g_tx, d_tx, mesh, shardings)
@@ -60,7 +61,7 @@ def runs(batches, tmp_path_factory):
     """Replicated and sharded runs of STEPS steps on 8 devices; each saves a checkpoint after step 1."""
     assert jax.device_count() == 8
     mesh = parallel.make_mesh()
-    config = tiny_config(batch_size=8)
+    config = run_config()  # the replicated step is the in-process runs' program
     out = {}
     for shard in (False, True):
         state, shardings, step = _setup(config, shard, mesh)

@@ -13,7 +13,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from tiny import run_config, subprocess_xla_flags, tiny_config, tiny_flags
+from tiny import RUN_EMA, run_config, subprocess_xla_flags, tiny_config, tiny_flags
 
 from ugatit_jax.loading import restore_run
 from ugatit_jax.models.family import build_model
@@ -99,7 +99,7 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
 
 ITERATIONS = 30
 # With the generator EMA on: its average is part of the state a resume must reproduce bit for bit.
-RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=5, log_every=5, ema_decay=0.9)
+RUN_FLAGS = dict(iterations=ITERATIONS, checkpoint_every=5, log_every=5, **RUN_EMA)
 
 
 def test_interrupted_runs_resume_exactly(tmp_path):
@@ -115,7 +115,7 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    stopped_at, _, _ = _final_state(broken, ema_decay=0.9)
+    stopped_at, _, _ = _final_state(broken, **RUN_EMA)
     assert 5 <= stopped_at < ITERATIONS, "the run should have stopped early on SIGTERM"
 
     second = _train(broken, *flags)
@@ -138,8 +138,8 @@ def test_interrupted_runs_resume_exactly(tmp_path):
     out, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err
 
-    step_ref, state_ref, data_ref = _final_state(tmp_path / "ref", ema_decay=0.9)
-    step_b, state_b, data_b = _final_state(broken, ema_decay=0.9)
+    step_ref, state_ref, data_ref = _final_state(tmp_path / "ref", **RUN_EMA)
+    step_b, state_b, data_b = _final_state(broken, **RUN_EMA)
     assert step_ref == step_b == ITERATIONS
     assert set(state_b.ema) == {"genA2B", "genB2A"}
     assert data_ref == data_b
@@ -166,11 +166,11 @@ def test_restore_onto_another_device_count(tmp_path):
     config = run_config(checkpoint_every=2)
     result = loop.train_and_evaluate(config, str(workdir))
     assert result["step"] == 4 and jax.device_count() == 8
-    proc = _train(workdir, *tiny_flags(batch_size=8, iterations=6, checkpoint_every=2), devices=1)
+    proc = _train(workdir, *tiny_flags(batch_size=8, iterations=6, checkpoint_every=2, **RUN_EMA), devices=1)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "resumed from" in err and "at step 4" in err
-    step, state, _ = _final_state(workdir)
+    step, state, _ = _final_state(workdir, **RUN_EMA)
     assert step == 6 and int(state.step) == 6
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
     assert parallel.DATA_AXIS == "data"
@@ -237,7 +237,7 @@ def test_divergence_stops_before_it_is_checkpointed(tmp_path):
     ) as info:
         loop.train_and_evaluate(config, str(workdir))
     assert "last checkpoint (step 2) is kept" in str(info.value)
-    step, state, _ = _final_state(workdir)
+    step, state, _ = _final_state(workdir, **RUN_EMA)
     assert step == 2 and int(state.step) == 2
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
 

@@ -1,7 +1,8 @@
 """train.py's faults: a second run on a workdir in use is refused while the first finishes; a full disk (injected,
 and a real 2 MiB filesystem) ends the run with one line, and the run resumes from its last complete checkpoint.
 
-Apart from test_train_cli.py (whose helpers it uses) so that pytest-xdist runs the two files side by side.
+Apart from test_train_cli.py (whose helpers it uses) so that pytest-xdist runs the two files side by side. Each run
+keeps the generator average (``RUN_EMA``), as test_train_cli.py's do: one compiled step for the runs of both.
 """
 
 import errno
@@ -12,7 +13,7 @@ import subprocess
 
 import pytest
 from test_train_cli import _env, _fails_cleanly, _final_state, _train, _wait_for_checkpoint
-from tiny import tiny_flags
+from tiny import RUN_EMA, tiny_flags
 
 from ugatit_jax.train.checkpoints import Checkpointer
 
@@ -23,7 +24,7 @@ def test_second_run_on_a_workdir_in_use_is_refused(tmp_path):
     FileNotFoundError from each other's Orbax files.) The first is paused (SIGSTOP) once it has saved a
     checkpoint, so it is surely running while the second tries."""
     workdir = tmp_path / "run"
-    flags = tiny_flags(iterations=6, checkpoint_every=2)
+    flags = tiny_flags(iterations=6, checkpoint_every=2, **RUN_EMA)
     first = _train(workdir, *flags)
     _wait_for_checkpoint(workdir, first)
     first.send_signal(signal.SIGSTOP)
@@ -37,7 +38,7 @@ def test_second_run_on_a_workdir_in_use_is_refused(tmp_path):
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     assert "Traceback" not in err
-    assert _final_state(workdir)[0] == 6
+    assert _final_state(workdir, **RUN_EMA)[0] == 6
     assert not (workdir / ".lock").exists(), "the lock outlived its run"
 
 
@@ -79,7 +80,7 @@ def test_full_disk_ends_with_one_line_and_resumes(tmp_path):
     last complete checkpoint, exit 2, no traceback (there were hundreds, ending in "sys.meta_path is None"). A
     re-run resumes from step 2, never from the incomplete save."""
     workdir = tmp_path / "run"
-    flags = tiny_flags(iterations=4, checkpoint_every=2)
+    flags = tiny_flags(iterations=4, checkpoint_every=2, **RUN_EMA)
     script = tmp_path / "enospc_train.py"
     script.write_text(ENOSPC_TRAIN)
     proc = _train(workdir, *flags, script=script, env=_env() | {"FAIL_STEP": "4"})
@@ -93,7 +94,7 @@ def test_full_disk_ends_with_one_line_and_resumes(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "at step 2" in err
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
-    step, state, _ = _final_state(workdir)
+    step, state, _ = _final_state(workdir, **RUN_EMA)
     assert step == 4 and int(state.step) == 4
 
 
@@ -109,7 +110,7 @@ def test_full_disk_of_a_real_filesystem(tmp_path):
         pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
         workdir = mount / "run"
-        proc = _train(workdir, *tiny_flags(iterations=20, checkpoint_every=5, log_every=5))
+        proc = _train(workdir, *tiny_flags(iterations=20, checkpoint_every=5, log_every=5, **RUN_EMA))
         line, last = _full_disk_line(proc)
         assert (workdir / "checkpoints" / str(last)).is_dir()
         with Checkpointer(str(workdir), read_only=True) as ckpt:

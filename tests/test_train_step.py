@@ -4,7 +4,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from tiny import tiny_config
+from tiny import run_config, tiny_config
 
 from ugatit_jax.models.family import build_model
 from ugatit_jax.train import optim, parallel
@@ -54,7 +54,7 @@ def test_eight_devices_match_one(batches):
     parameters that start at 0 (ILN beta) and have moved only ~lr * steps.
     """
     assert jax.device_count() == 8, "conftest.py should have created 8 fake CPU devices"
-    config = tiny_config(batch_size=8, ema_decay=0.9)  # the generator average too
+    config = run_config()  # batch 8, the generator average too (RUN_EMA)
     one, losses_one = _run(config, jax.devices()[:1], batches[:STEPS])
     eight, losses_eight = _run(config, jax.devices(), batches[:STEPS])
     np.testing.assert_allclose(losses_eight, losses_one, rtol=1e-5)
@@ -71,7 +71,7 @@ def test_eight_devices_match_one(batches):
 
 def test_step_traces_once(batches):
     """Five steps, one trace: the step is guarded by chex.assert_max_traces(n=1) in parallel.jit_train_step."""
-    config = tiny_config(batch_size=8)
+    config = run_config()
     state, losses = _run(config, jax.devices(), batches[:5])  # the 8-device program of the test above
     assert int(state.step) == 5
     assert np.all(np.isfinite(losses))
@@ -80,14 +80,14 @@ def test_step_traces_once(batches):
 def test_retrace_is_an_error(batches):
     """A batch of another shape would silently recompile; the guard turns it into an error (at the second trace,
     before anything compiles: the first step is the 8-device program of the tests above)."""
-    config = tiny_config(batch_size=8)
+    config = run_config()
     double = {k: np.concatenate([v, v]) for k, v in batches[0].items()}  # 16 images: still divisible by 8
     with pytest.raises(AssertionError, match="traced > 1 times"):
         _run(config, jax.devices(), [batches[0], double])
 
 
 def test_spectral_norm_state_identical_on_all_devices(batches):
-    config = tiny_config(batch_size=8)
+    config = run_config()
     mesh = parallel.make_mesh(jax.devices())
     step, state = _step(config, mesh)
     state, _ = step(state, jax.device_put(batches[0], parallel.batch_sharding(mesh)))

@@ -33,10 +33,15 @@ def tiny_config(**overrides):
     return c
 
 
+# The generator average every tiny run keeps (RUN_EMA): the tests that need it (resume, 8 devices against 1) and
+# those that do not then share their compiled steps: one program per device count and batch.
+RUN_EMA = dict(ema_decay=0.9)
+
+
 def run_config(**overrides):
-    """The tiny config of the tests that train in-process (8 devices, batch 8): one step program for all of them,
-    compiled once per test session (the persistent cache serves the others)."""
-    return tiny_config(**{"batch_size": 8, "iterations": 4, **overrides})
+    """The tiny config of the tests that train in-process (8 devices, batch 8, ``RUN_EMA``): one step program for
+    all of them, compiled once per test session (the persistent cache serves the others)."""
+    return tiny_config(**{"batch_size": 8, "iterations": 4, **RUN_EMA, **overrides})
 
 
 # The same settings as command-line overrides for train.py.
