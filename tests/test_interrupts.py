@@ -200,27 +200,43 @@ def test_run_cli_reports_ctrl_c_after_cleaning_up(capsys):
     assert exit_.value.code == 130 and capsys.readouterr().err == "bench.py: interrupted\n"
 
 
-# A command whose Ctrl-C landed in code an extension ran through PyRun_*: Python marks the interrupt unhandled and,
-# leaving a ``-m`` module, would end the process by SIGINT (-2) although the command caught it and wrote its line.
-_CAUGHT_INSIDE_PYRUN = """
-import ctypes, sys
-sys.argv, sys.orig_argv = ["-m"], [sys.executable, "-m", "ugatit_jax.report"]  # as runpy starts that command
-from ugatit_jax import cli  # the package records the command while it loads
+# Commands whose Ctrl-C lands where Python itself mishandles it. Each runs as a ``-m`` module that Python starts as
+# it starts ``python -m ugatit_jax.report`` (the package records the command while it loads), under ``cli.run_cli``.
+_COMMAND = """
+import ctypes, gc, sys, time
+sys.argv, sys.orig_argv = ["-m"], [sys.executable, "-m", "ugatit_jax.report"]
+from ugatit_jax import cli
 
-def run():
-    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")  # marks the interrupt unhandled
-    raise KeyboardInterrupt
+def run(args):
+{body}
 
-sys.exit(cli.reported("python -m ugatit_jax.report", run))
+sys.exit(cli.run_cli("python -m ugatit_jax.report", cli.Parser(prog="report"), run, []))
 """
+_LANDS_IN = {
+    # In code an extension ran through PyRun_*: Python marks the interrupt unhandled and, leaving a -m module, would
+    # end the process by SIGINT (status -2) although the command caught it and wrote its line.
+    "pyrun": """    ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")
+    raise KeyboardInterrupt""",
+    # In a garbage-collector callback (JAX has one): Python prints "Exception ignored" and a traceback and drops
+    # it, and the command ran on (here: for 60 s).
+    "gc_callback": """    def callback(phase, info):
+        if phase == "start":
+            raise KeyboardInterrupt
+    gc.callbacks.append(callback)
+    gc.collect()
+    time.sleep(60)""",
+}
 
 
-def test_a_command_ends_with_130_where_python_would_end_it_by_sigint(tmp_path):
-    (tmp_path / "pyrun_command.py").write_text(_CAUGHT_INSIDE_PYRUN)
+@pytest.mark.parametrize("where", sorted(_LANDS_IN))
+def test_a_ctrl_c_python_would_mishandle_still_ends_the_command(tmp_path, where):
+    (tmp_path / "command.py").write_text(_COMMAND.format(body=_LANDS_IN[where]))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]), XLA_FLAGS=subprocess_xla_flags())
-    proc = subprocess.run([sys.executable, "-m", "pyrun_command"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "command"], env=env, capture_output=True, text=True, timeout=50)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert proc.stderr.strip().splitlines()[-1] == "python -m ugatit_jax.report: interrupted", proc.stderr[-2000:]
+    if where == "gc_callback":
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

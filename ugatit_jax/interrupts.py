@@ -12,6 +12,7 @@ Worker processes die with their parent (``die_with_parent``), so a command kille
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import os
@@ -68,8 +69,33 @@ def install_while_loading() -> None:
     if prog is None or threading.current_thread() is not threading.main_thread():
         return
     _command = prog
+    sys.unraisablehook = _raise_dropped_interrupts_again(sys.unraisablehook)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_while_loading(prog))
+
+
+def _raise_dropped_interrupts_again(previous):
+    """A ``sys.unraisablehook`` for a command: a Ctrl-C whose ``KeyboardInterrupt`` was raised where Python only
+    reports an error and drops it (a garbage-collector callback such as JAX's, a ``__del__``) is sent to the main
+    thread again, to end the command as usual; it was lost ("Exception ignored in: <function _xla_gc_callback>"
+    and a traceback, then the command ran on). Other errors go to ``previous``."""
+
+    main = threading.main_thread().ident
+
+    def send_again():  # from another thread, once the dropping code is left: sent from it, it would land there again
+        import time
+
+        time.sleep(0.05)
+        with contextlib.suppress(Exception):
+            signal.pthread_kill(main, signal.SIGINT)  # a signal, not a flag: it wakes a sleep, as Ctrl-C does
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _thread.start_new_thread(send_again, ())  # (threading's start waits for the thread: Ctrl-C could hit that)
+            return
+        previous(unraisable)
+
+    return hook
 
 
 def raise_from_now_on() -> None:
