@@ -63,46 +63,63 @@ def _exit_while_loading(prog: str):
 def install_while_loading() -> None:
     """Ctrl-C while a ``python -m ugatit_jax.<command>`` loads: one line and exit 130, not an import's traceback.
 
-    Does nothing outside such a command's start, or when SIGINT is ignored (``nohup``, a background job)."""
-    global _command
+    Does nothing outside such a command's start, or when SIGINT is ignored (``nohup``, a background job). Records
+    the command (``end_interrupted_command``) and installs its ``sys.unraisablehook``."""
+    global _command, _previous_unraisablehook
     prog = command_prog()
     if prog is None or threading.current_thread() is not threading.main_thread():
         return
     _command = prog
-    sys.unraisablehook = _raise_dropped_interrupts_again(sys.unraisablehook)
+    _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupts_again
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _exit_while_loading(prog))
 
 
-def _raise_dropped_interrupts_again(previous):
-    """A ``sys.unraisablehook`` for a command: a Ctrl-C whose ``KeyboardInterrupt`` was raised where Python only
-    reports an error and drops it (a garbage-collector callback such as JAX's, a ``__del__``) is sent to the main
-    thread again, to end the command as usual; it was lost ("Exception ignored in: <function _xla_gc_callback>"
-    and a traceback, then the command ran on). Other errors go to ``previous``."""
+def _send_ctrl_c_again() -> None:
+    """Run on a thread of its own, once the main thread has left the code that dropped a Ctrl-C: SIGINT to the
+    main thread (a signal, not a flag: it wakes a sleep, as Ctrl-C does)."""
+    import time
 
-    main = threading.main_thread().ident
+    time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    def send_again():  # from another thread, once the dropping code is left: sent from it, it would land there again
-        import time
 
-        time.sleep(0.05)
-        with contextlib.suppress(Exception):
-            signal.pthread_kill(main, signal.SIGINT)  # a signal, not a flag: it wakes a sleep, as Ctrl-C does
+def _ctrl_c_again_later() -> None:
+    _thread.start_new_thread(_send_ctrl_c_again, ())  # (threading's start waits for the thread: Ctrl-C could hit that)
 
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            _thread.start_new_thread(send_again, ())  # (threading's start waits for the thread: Ctrl-C could hit that)
-            return
-        previous(unraisable)
 
-    return hook
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _raise_dropped_interrupts_again(unraisable) -> None:
+    """A command's ``sys.unraisablehook``: a Ctrl-C whose ``KeyboardInterrupt`` was raised where Python only reports
+    an error and drops it (a garbage-collector callback such as JAX's, a ``__del__``) is sent again, to end the
+    command as usual; it was lost ("Exception ignored in: <function _xla_gc_callback>" and a traceback, then the
+    command ran on). Other errors go to the hook it replaced."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _ctrl_c_again_later()
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_NOT_HERE = (_raise_dropped_interrupts_again.__code__, _ctrl_c_again_later.__code__)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    """A running command's Ctrl-C: ``KeyboardInterrupt``, as Python's own handler, except inside the hook above
+    (Python would drop it there without a word, the hook's own error unreported): sent again a moment later."""
+    if frame is not None and frame.f_code in _NOT_HERE:
+        _ctrl_c_again_later()
+        return
+    raise KeyboardInterrupt
 
 
 def raise_from_now_on() -> None:
     """The command runs: Ctrl-C raises ``KeyboardInterrupt`` again, for ``finally`` blocks and ``cli.reported``."""
     with contextlib.suppress(ValueError):  # not the main thread
         if getattr(signal.getsignal(signal.SIGINT), "while_loading", False):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
 
 
 def end_interrupted_command(status: int = STATUS) -> None:
