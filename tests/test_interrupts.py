@@ -232,7 +232,14 @@ _LANDS_IN = {
 def test_a_ctrl_c_python_would_mishandle_still_ends_the_command(tmp_path, where):
     (tmp_path / "command.py").write_text(_COMMAND.format(body=_LANDS_IN[where]))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]), XLA_FLAGS=subprocess_xla_flags())
-    proc = subprocess.run([sys.executable, "-m", "command"], env=env, capture_output=True, text=True, timeout=50)
+    proc = subprocess.run(
+        [sys.executable, "-m", "command"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it (see _start)
+    )
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert proc.stderr.strip().splitlines()[-1] == "python -m ugatit_jax.report: interrupted", proc.stderr[-2000:]
     if where == "gc_callback":
