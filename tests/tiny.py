@@ -33,8 +33,10 @@ def tiny_config(**overrides):
     return c
 
 
-# The generator average every tiny run keeps (RUN_EMA): the tests that need it (resume, 8 devices against 1) and
-# those that do not then share their compiled steps: one program per device count and batch.
+# The generator average that the in-process runs (run_config) and the train.py runs of test_train_cli.py and
+# test_train_faults.py keep: the tests that need it (resume, 8 devices against 1) and those that do not then share
+# one compiled step per device count and batch. tiny_config itself keeps it off (the official step), as do the
+# multi-process runs.
 RUN_EMA = dict(ema_decay=0.9)
 
 
