@@ -63,8 +63,9 @@ def _exit_while_loading(prog: str):
 def install_while_loading() -> None:
     """Ctrl-C while a ``python -m ugatit_jax.<command>`` loads: one line and exit 130, not an import's traceback.
 
-    Does nothing outside such a command's start, or when SIGINT is ignored (``nohup``, a background job). Records
-    the command (``end_interrupted_command``) and installs its ``sys.unraisablehook``."""
+    Does nothing outside such a command's start. There it records the command (``end_interrupted_command``) and
+    installs its ``sys.unraisablehook``, and, unless SIGINT is ignored (``nohup``, a background job), the
+    loading handler."""
     global _command, _previous_unraisablehook
     prog = command_prog()
     if prog is None or threading.current_thread() is not threading.main_thread():
