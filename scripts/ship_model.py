@@ -25,18 +25,25 @@ SUBSET_LIMIT = 400  # emoji of the small build the test evaluates on: seconds to
 SUBSET_KEYS = ("hf_ratio", "top1", "top5", "l1", "psnr", "ssim")  # what needs no domain classifier
 
 
-def subset_scores(model, dataset_dir: str) -> dict:
-    """The classifier-free scores of ``model`` on the test pairs of the emoji build limited to ``SUBSET_LIMIT``."""
+def subset_source(dataset_dir: str):
+    """The emoji build limited to ``SUBSET_LIMIT`` code points, built in (or read from) ``dataset_dir``."""
     import ml_collections
 
     from ugatit_jax.data import get_source
+
+    return get_source(
+        ml_collections.ConfigDict(
+            {"dataset": "emoji", "dataset_dir": dataset_dir, "emoji_limit": SUBSET_LIMIT, "tfds_name": ""}
+        )
+    )
+
+
+def subset_scores(model, dataset_dir: str) -> dict:
+    """The classifier-free scores of ``model`` on the test pairs of the emoji build limited to ``SUBSET_LIMIT``."""
     from ugatit_jax.evaluate import evaluate
 
-    config = ml_collections.ConfigDict(
-        {"dataset": "emoji", "dataset_dir": dataset_dir, "emoji_limit": SUBSET_LIMIT, "tfds_name": ""}
-    )
     classifiers = os.path.join(dataset_dir, "classifiers")
-    record = evaluate(model, get_source(config), classifier_dir=classifiers, classifier_steps=10)
+    record = evaluate(model, subset_source(dataset_dir), classifier_dir=classifiers, classifier_steps=10)
     keep = {k: v for k, v in record["scores"].items() if k.rsplit("/", 1)[-1].removesuffix("_input") in SUBSET_KEYS}
     return {"emoji_limit": SUBSET_LIMIT, "pairs": record["pairs"], "scores": keep}
 

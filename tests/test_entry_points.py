@@ -55,6 +55,10 @@ ENTRY_POINTS = {
         ["--count", "x"],
         ["--model", MISSING],
     ]),
+    "speckle_vs_content": ("scripts/speckle_vs_content.py", "scripts/speckle_vs_content.py", [
+        ["--size", "x"],
+        ["--model", MISSING],
+    ]),
     "ship_model": ("scripts/ship_model.py", "scripts/ship_model.py", [
         ["--workdir", "x"],
         ["--workdir", MISSING, "--name", "x", "--output", "{tmp}/weights"],

@@ -17,9 +17,16 @@ import pytest
 from ugatit_jax import load, loading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from ship_model import SUBSET_KEYS, subset_scores  # noqa: E402
+import speckle_vs_content  # noqa: E402
+from ship_model import SUBSET_KEYS, subset_scores, subset_source  # noqa: E402
 
 FOLDER = os.path.join(loading.PRETRAINED_DIR, "emoji")
+
+
+@pytest.fixture(scope="module")
+def subset_dir(tmp_path_factory):
+    """The small emoji build, made once for this file's tests."""
+    return str(tmp_path_factory.mktemp("emoji_subset"))
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +44,14 @@ def test_it_is_shipped_small_and_never_pickled():
     assert os.path.isfile(os.path.join(FOLDER, "MODEL_CARD.md"))
 
 
-def test_scores_on_emoji_test_images_match_the_shipped_ones(shipped, tmp_path):
+def test_scores_on_emoji_test_images_match_the_shipped_ones(shipped, subset_dir):
     model = load("emoji")
     assert model.name == "pretrained emoji" and model.img_size == 64
     images = np.zeros((3, 64, 64, 3), np.uint8)
     image, cam_logit, heatmap = model.translate(images, "A2B")
     assert image.shape == (3, 64, 64, 3) and cam_logit.shape == (3, 2)
 
-    measured = subset_scores(model, str(tmp_path))
+    measured = subset_scores(model, subset_dir)
     expected = shipped["subset"]
     assert measured["pairs"] == expected["pairs"] > 20
     pairs = expected["pairs"]
@@ -55,3 +62,17 @@ def test_scores_on_emoji_test_images_match_the_shipped_ones(shipped, tmp_path):
         # Retrieval counts hits among the pairs: one rank flipped by float rounding on another XLA is 1 / pairs.
         tol = 1.01 / pairs if measure.startswith("top") else 1e-3 * max(1.0, abs(want))
         assert abs(got - want) <= tol, (name, got, want)
+
+
+def test_the_speckle_probe_scores_as_the_evaluator_and_its_filter_removes_speckle(shipped, subset_dir):
+    """``scripts/speckle_vs_content.py``: its unfiltered scores are the evaluator's, and the median filter takes the
+    A->B translations' high-frequency energy down (what docs/demo.md measures on the whole split)."""
+    rows = speckle_vs_content.compare(load("emoji"), subset_source(subset_dir))
+    pairs = shipped["subset"]["pairs"]
+    for direction, scores in rows.items():
+        for name, got in scores["as translated"].items():
+            want = shipped["subset"]["scores"][f"eval/{direction}/{name}"]
+            tol = 1.01 / pairs if name.startswith("top") else 1e-3 * max(1.0, abs(want))
+            assert abs(got - want) <= tol, (direction, name, got, want)
+    a2b = rows["A2B"]
+    assert a2b["median 3"]["hf_ratio"] < 0.9 * a2b["as translated"]["hf_ratio"], a2b
