@@ -4,8 +4,11 @@ filter that removes isolated specks.
     python scripts/speckle_vs_content.py --model emoji [--size 3] [--dataset-dir DIR]
 
 Per direction: ``hf_ratio`` against the real test targets and top-1 / top-5 content retrieval, as the evaluator
-computes them (``evaluation.metrics``, ``evaluation.retrieval``), of the translations and of the same translations
-through PIL's ``MedianFilter(size)`` (per channel). A median filter replaces each pixel by the median of its
+computes them (``evaluation.metrics``, ``evaluation.retrieval``), of the translations, of the same translations
+through PIL's ``MedianFilter(size)`` (per channel) and of the untranslated inputs; beside them ``own_corr``, the
+mean correlation of each image's retrieval thumbnail with its own target's (1 = the same colour layout).
+Retrieval ranks, so an image can be nearer its own target than the input is and still rank lower, if it is
+nearer all the other targets too. A median filter replaces each pixel by the median of its
 neighbourhood: it removes specks smaller than half the window and keeps edges and colour masses. So if filtering
 brings ``hf_ratio`` near 1 and leaves retrieval where it was, the speckle is not what keeps retrieval low; the
 colour layout the generator draws is. The filter is a probe, never part of a translation.
@@ -35,12 +38,17 @@ def median_filtered(images: np.ndarray, size: int) -> np.ndarray:
 def _scores(fake: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     from ugatit_jax.evaluation import metrics, retrieval
 
-    hits = retrieval.top_k(retrieval.content_features(fake), retrieval.content_features(targets))
-    return {"hf_ratio": metrics.hf_ratio(fake, reference), **{f"top{k}": v for k, v in hits.items()}}
+    ours, theirs = retrieval.content_features(fake), retrieval.content_features(targets)  # (N, 192), standardised
+    hits = retrieval.top_k(ours, theirs)
+    return {
+        "hf_ratio": metrics.hf_ratio(fake, reference),
+        **{f"top{k}": v for k, v in hits.items()},
+        "own_corr": float((ours * theirs).mean(axis=1).mean()),  # unit variance per row: the mean product is r
+    }
 
 
 def compare(model, source, size: int = 3, batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
-    """{direction: {"as translated": scores, "median <size>": scores}} on ``source``'s test pairs."""
+    """{direction: {"as translated" / "median <size>" / "input": scores}} on ``source``'s test pairs."""
     from ugatit_jax.evaluation.evaluator import load_test_set
     from ugatit_jax.pixels import to_uint8
 
@@ -61,6 +69,7 @@ def compare(model, source, size: int = 3, batch_size: int = 8) -> dict[str, dict
         out[direction] = {
             "as translated": _scores(fake, targets, test.images[tgt]),
             f"median {size}": _scores(median_filtered(fake, size), targets, test.images[tgt]),
+            "input": _scores(inputs, targets, test.images[tgt]),
         }
     return out
 
@@ -93,7 +102,7 @@ def _run(args) -> None:
         config.dataset_dir = args.dataset_dir
     for direction, rows in compare(model, get_source(config), args.size).items():
         for name, s in rows.items():
-            scores = f"hf_ratio {s['hf_ratio']:.3f}  top1 {s['top1']:.3f}  top5 {s['top5']:.3f}"
+            scores = "  ".join(f"{key} {s[key]:.3f}" for key in ("hf_ratio", "top1", "top5", "own_corr"))
             print(f"{model.name} {direction} {name:>14}: {scores}")
 
 

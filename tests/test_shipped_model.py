@@ -70,9 +70,11 @@ def test_the_speckle_probe_scores_as_the_evaluator_and_its_filter_removes_speckl
     rows = speckle_vs_content.compare(load("emoji"), subset_source(subset_dir))
     pairs = shipped["subset"]["pairs"]
     for direction, scores in rows.items():
-        for name, got in scores["as translated"].items():
-            want = shipped["subset"]["scores"][f"eval/{direction}/{name}"]
-            tol = 1.01 / pairs if name.startswith("top") else 1e-3 * max(1.0, abs(want))
-            assert abs(got - want) <= tol, (direction, name, got, want)
+        for row, suffix in (("as translated", ""), ("input", "_input")):
+            for name in ("hf_ratio", "top1", "top5"):
+                got, want = scores[row][name], shipped["subset"]["scores"][f"eval/{direction}/{name}{suffix}"]
+                tol = 1.01 / pairs if name.startswith("top") else 1e-3 * max(1.0, abs(want))
+                assert abs(got - want) <= tol, (direction, row, name, got, want)
+        assert all(-1 < r["own_corr"] < 1 for r in scores.values()), scores
     a2b = rows["A2B"]
     assert a2b["median 3"]["hf_ratio"] < 0.9 * a2b["as translated"]["hf_ratio"], a2b
