@@ -23,9 +23,14 @@ from ship_model import SUBSET_KEYS, subset_scores, subset_source  # noqa: E402
 FOLDER = os.path.join(loading.PRETRAINED_DIR, "emoji")
 
 
+def _tolerance(measure: str, want: float, pairs: int) -> float:
+    """Retrieval counts hits among the pairs: one rank flipped by float rounding on another XLA is 1 / pairs."""
+    return 1.01 / pairs if measure.startswith("top") else 1e-3 * max(1.0, abs(want))
+
+
 @pytest.fixture(scope="module")
 def subset_dir(tmp_path_factory):
-    """The small emoji build, made once for this file's tests."""
+    """The small emoji build, made once per test process for this file's tests."""
     return str(tmp_path_factory.mktemp("emoji_subset"))
 
 
@@ -59,9 +64,7 @@ def test_scores_on_emoji_test_images_match_the_shipped_ones(shipped, subset_dir)
         got = measured["scores"][name]
         measure = name.rsplit("/", 1)[-1].removesuffix("_input")
         assert measure in SUBSET_KEYS
-        # Retrieval counts hits among the pairs: one rank flipped by float rounding on another XLA is 1 / pairs.
-        tol = 1.01 / pairs if measure.startswith("top") else 1e-3 * max(1.0, abs(want))
-        assert abs(got - want) <= tol, (name, got, want)
+        assert abs(got - want) <= _tolerance(measure, want, pairs), (name, got, want)
 
 
 def test_the_speckle_probe_scores_as_the_evaluator_and_its_filter_removes_speckle(shipped, subset_dir):
@@ -73,8 +76,7 @@ def test_the_speckle_probe_scores_as_the_evaluator_and_its_filter_removes_speckl
         for row, suffix in (("as translated", ""), ("input", "_input")):
             for name in ("hf_ratio", "top1", "top5"):
                 got, want = scores[row][name], shipped["subset"]["scores"][f"eval/{direction}/{name}{suffix}"]
-                tol = 1.01 / pairs if name.startswith("top") else 1e-3 * max(1.0, abs(want))
-                assert abs(got - want) <= tol, (direction, row, name, got, want)
+                assert abs(got - want) <= _tolerance(name, want, pairs), (direction, row, name, got, want)
         assert all(-1 < r["own_corr"] < 1 for r in scores.values()), scores
     a2b = rows["A2B"]
     assert a2b["median 3"]["hf_ratio"] < 0.9 * a2b["as translated"]["hf_ratio"], a2b
