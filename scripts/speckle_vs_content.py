@@ -50,6 +50,7 @@ def _scores(fake: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> dic
 def compare(model, source, size: int = 3, batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
     """{direction: {"as translated" / "median <size>" / "input": scores}} on ``source``'s test pairs."""
     from ugatit_jax.evaluation.evaluator import load_test_set
+    from ugatit_jax.inference import padded_batches
     from ugatit_jax.pixels import to_uint8
 
     test = load_test_set(source, model.img_size)
@@ -60,12 +61,9 @@ def compare(model, source, size: int = 3, batch_size: int = 8) -> dict[str, dict
         DIRECTIONS, (("testA", "testB", 0, 1), ("testB", "testA", 1, 0)), strict=True
     ):
         inputs, targets = test.images[src][test.pairs[:, col_src]], test.images[tgt][test.pairs[:, col_tgt]]
-        fake = np.concatenate(
-            [
-                to_uint8(np.asarray(model.translate(inputs[i : i + batch_size], direction)[0]))
-                for i in range(0, len(inputs), batch_size)
-            ]
-        )
+        # One batch shape, so one compiled translation: the last batch is padded (inference.padded_batches).
+        batches = padded_batches(inputs, batch_size)
+        fake = np.concatenate([to_uint8(np.asarray(model.translate(x, direction)[0]))[:n] for x, n in batches])
         out[direction] = {
             "as translated": _scores(fake, targets, test.images[tgt]),
             f"median {size}": _scores(median_filtered(fake, size), targets, test.images[tgt]),
